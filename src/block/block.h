@@ -1,0 +1,64 @@
+/* The block layer: one interface over byte offsets for raw and qcow2 images
+ * (and their backing chains), shared by the VMM's virtio-blk, ember-img and
+ * ember-nbd. Requests are asynchronous: block_submit() queues, and done()
+ * runs later on the event loop thread given at open (io_uring, with a
+ * thread-pool fallback). Opened without a loop, block_submit() completes
+ * synchronously before it returns (tools). */
+#ifndef EMBER_BLOCK_BLOCK_H
+#define EMBER_BLOCK_BLOCK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "core/evloop.h"
+
+struct block_dev;
+
+struct block_open_opts {
+    const char *format;      /* "raw", "qcow2" or NULL to probe (warns for raw) */
+    bool readonly;
+    struct evloop *loop;     /* NULL: synchronous completion */
+    uint64_t l2_cache_size;  /* qcow2: bytes of L2 cache, 0 = default */
+    const char *what;        /* how to name the image in messages, e.g. "-drive id=hd0" */
+};
+
+enum block_op {
+    BLOCK_OP_READ,
+    BLOCK_OP_WRITE,
+    BLOCK_OP_FLUSH,
+    BLOCK_OP_DISCARD,
+    BLOCK_OP_WRITE_ZEROES,
+};
+
+typedef void block_done_fn(void *opaque, int ret); /* ret 0 or -errno */
+
+struct block_request {
+    enum block_op op;
+    uint64_t offset;
+    uint64_t len;             /* DISCARD / WRITE_ZEROES */
+    const struct iovec *iov;  /* READ / WRITE (len is the iov total) */
+    int iovcnt;
+    bool may_unmap;           /* WRITE_ZEROES */
+    block_done_fn *done;
+    void *opaque;
+};
+
+/* Prints a message naming the file on failure. */
+int block_open(const char *filename, const struct block_open_opts *opts, struct block_dev **out);
+void block_close(struct block_dev *bd);   /* drains in-flight requests first */
+uint64_t block_length(const struct block_dev *bd);
+bool block_is_readonly(const struct block_dev *bd);
+const char *block_format_name(const struct block_dev *bd);
+
+/* Queue a request. Out-of-range or writes to a read-only device complete
+ * with -EINVAL / -EROFS through done(). Returns 0, or -errno if the request
+ * could not even be queued (done() is then not called). */
+int block_submit(struct block_dev *bd, struct block_request *req);
+
+/* Synchronous conveniences (tools, tests); 0 or -errno. */
+int block_pread(struct block_dev *bd, uint64_t offset, void *buf, uint64_t len);
+int block_pwrite(struct block_dev *bd, uint64_t offset, const void *buf, uint64_t len);
+int block_flush(struct block_dev *bd);
+
+#endif
