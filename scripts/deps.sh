@@ -11,6 +11,7 @@ packages=(
   libcmocka-dev cpio busybox-static e2fsprogs
   # test oracles and benchmark peers
   qemu-system-x86 qemu-utils
+  acpica-tools  # iasl: disassembles the DSDT in tests/unit/machine/test_acpi
 )
 
 missing=()
