@@ -21,11 +21,14 @@ struct chardev_frontend {
     void (*receive)(void *opaque, const uint8_t *buf, size_t len);
 };
 
-/* spec: "stdio", "file:PATH", "none", "null". vmctl receives VM_EVENT_QUIT
+/* spec: "stdio" (also "mon:stdio": the escape keys are always on), "file:PATH",
+ * "none", "null". Only one chardev may use stdio at a time. vmctl receives VM_EVENT_QUIT
  * on Ctrl-A x. Returns NULL after printing a message naming spec. */
 struct chardev *chardev_open(const char *spec, struct evloop *loop, const struct vm_control *vmctl);
 void chardev_close(struct chardev *c);
-/* Attach the device side; input is delivered once attached. */
+/* Attach the device side; input is delivered once attached. fe == NULL
+ * detaches (input stops being read). fe is copied. Call from the thread
+ * that runs the event loop (or before it runs). */
 void chardev_set_frontend(struct chardev *c, const struct chardev_frontend *fe);
 /* Frontend should call this when it can take input again after can_receive()==0. */
 void chardev_accept_input(struct chardev *c);

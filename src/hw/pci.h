@@ -79,6 +79,23 @@ void pci_set_intx(struct pci_device *d, bool level);
 /* Assign addresses to every BAR and enable I/O + memory decoding and bus
  * mastering, like firmware. Called once after all devices are added. */
 int pci_bus_assign_bars(struct pci_bus *b);
+/* Machine reset: every device back to the state pci_bus_assign_bars() left
+ * (addresses kept, decoding on, MSI-X off and masked, INTx low), then each
+ * device's reset op. */
 void pci_bus_reset(struct pci_bus *b);
+
+/* Config space as the guest sees it (bus 0 only; devfn = slot << 3 | fn).
+ * Absent functions read all-ones. Used by tests and debugging tools. */
+uint32_t pci_bus_config_read(struct pci_bus *b, unsigned devfn, unsigned offset, unsigned size);
+void pci_bus_config_write(struct pci_bus *b, unsigned devfn, unsigned offset, uint32_t value,
+                          unsigned size);
+
+/* The chipset reset control register (port 0xcf9) shares the dword at
+ * 0xcf8 with the config-address register, so the bus cannot hold it as a
+ * range of its own. The 0xcf8-0xcfb range is registered by whichever of
+ * pci_bus_new()/pci_port_cf9_attach() comes first; byte accesses to 0xcf9
+ * reach ops (offset 0). Used by acpi_pm. */
+int pci_port_cf9_attach(struct bus *pio, const struct bus_ops *ops, void *opaque);
+void pci_port_cf9_detach(struct bus *pio, void *opaque);
 
 #endif
