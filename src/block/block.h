@@ -21,6 +21,10 @@ struct block_open_opts {
     struct evloop *loop;     /* NULL: synchronous completion */
     uint64_t l2_cache_size;  /* qcow2: bytes of L2 cache, 0 = default */
     const char *what;        /* how to name the image in messages, e.g. "-drive id=hd0" */
+    bool no_barriers;        /* tools: skip flush barriers between metadata writes (like
+                                qemu-img's cache=unsafe target); a crash may then corrupt */
+    bool no_backing;         /* qcow2: do not open the backing file (reads of unallocated
+                                clusters then return zeroes) */
 };
 
 enum block_op {
@@ -60,5 +64,20 @@ int block_submit(struct block_dev *bd, struct block_request *req);
 int block_pread(struct block_dev *bd, uint64_t offset, void *buf, uint64_t len);
 int block_pwrite(struct block_dev *bd, uint64_t offset, const void *buf, uint64_t len);
 int block_flush(struct block_dev *bd);
+
+int block_write_zeroes(struct block_dev *bd, uint64_t offset, uint64_t len, bool may_unmap);
+int block_discard(struct block_dev *bd, uint64_t offset, uint64_t len);
+
+/* Allocation status of the run starting at offset (at most len bytes); the
+ * run's length goes to *pnum. Status bits: */
+#define BLOCK_STATUS_DATA 1u      /* bytes are stored (here or in a backing image) */
+#define BLOCK_STATUS_ZERO 2u      /* bytes read as zero */
+#define BLOCK_STATUS_ALLOCATED 4u /* decided by this image, not its backing chain */
+int block_status(struct block_dev *bd, uint64_t offset, uint64_t len, uint64_t *pnum,
+                 unsigned *status);
+
+/* The backing image, or NULL (qcow2 overlays). */
+struct block_dev *block_backing(const struct block_dev *bd);
+const char *block_filename(const struct block_dev *bd);
 
 #endif

@@ -1,0 +1,49 @@
+#!/bin/bash
+# Time ember-img against qemu-img on the same work and print the ratios
+# (ember / qemu: below 1.0 means ember-img is faster).
+#   bench/img.sh [EMBER_IMG] [SIZE_MiB]      default: build/src/tools/ember-img, 2048
+set -eu
+E=${1:-build/src/tools/ember-img}
+SIZE_MB=${2:-2048}
+command -v qemu-img >/dev/null || { echo "qemu-img not installed"; exit 77; }
+[ -x "$E" ] || { echo "no ember-img at $E"; exit 1; }
+E=$(realpath "$E")
+T=$(mktemp -d /tmp/ember-bench-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+cd "$T"
+
+# Source: a quarter random, a quarter compressible text, half holes.
+echo "preparing a ${SIZE_MB} MiB source image in $T ..."
+truncate -s ${SIZE_MB}M src.raw
+step=$((SIZE_MB / 8)); [ $step -ge 1 ] || step=1
+for ((i = 0; i < SIZE_MB; i += step * 4)); do
+    dd if=/dev/urandom of=src.raw bs=1M seek=$i count=$step conv=notrunc status=none
+    yes "ember bench line $i" | head -c $((step * 1024 * 1024)) |
+        dd of=src.raw bs=1M seek=$((i + step)) conv=notrunc status=none iflag=fullblock
+done
+sync
+
+t() { # t CMD...: wall seconds of one run
+    local s e
+    s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
+    echo "$e - $s" | bc -l
+}
+row() { # row LABEL EMBER_CMD -- QEMU_CMD
+    local label=$1; shift
+    local ecmd=() qcmd=()
+    while [ "$1" != "--" ]; do ecmd+=("$1"); shift; done; shift
+    qcmd=("$@")
+    local te tq
+    te=$(t "${ecmd[@]}"); tq=$(t "${qcmd[@]}")
+    printf "%-34s ember %8.2fs   qemu %8.2fs   ratio %5.2f\n" "$label" "$te" "$tq" "$(echo "$te / $tq" | bc -l)"
+}
+
+row "convert raw -> qcow2" "$E" convert -O qcow2 src.raw e.qcow2 -- qemu-img convert -O qcow2 src.raw q.qcow2
+row "convert qcow2 -> raw" "$E" convert -O raw q.qcow2 e.raw -- qemu-img convert -O raw q.qcow2 q.raw
+row "convert -c (zlib)" "$E" convert -c -O qcow2 src.raw ec.qcow2 -- qemu-img convert -c -O qcow2 src.raw qc.qcow2
+row "convert compressed -> raw" "$E" convert -O raw qc.qcow2 e2.raw -- qemu-img convert -O raw qc.qcow2 q2.raw
+row "check" "$E" check q.qcow2 -- qemu-img check q.qcow2
+row "compare" "$E" compare src.raw q.qcow2 -- qemu-img compare src.raw q.qcow2
+row "map --output=json" "$E" map --output=json q.qcow2 -- qemu-img map --output=json q.qcow2
+qemu-img compare -q src.raw e.qcow2 && qemu-img check -q e.qcow2 && cmp -s src.raw e.raw &&
+    echo "results verified (qemu-img compare/check, cmp)"
