@@ -60,6 +60,14 @@ enum vcpu_exit {
     VCPU_EXIT_FAILED,         /* host-side failure (message already printed) */
 };
 
+/* One CPUID feature bit forced on or off (-cpu host,+feat,-feat). */
+struct cpuid_override {
+    uint32_t leaf, subleaf;
+    uint8_t reg; /* 0 = EAX, 1 = EBX, 2 = ECX, 3 = EDX */
+    uint8_t bit;
+    bool set;
+};
+
 struct accel_config {
     unsigned nr_vcpus;
     uint64_t ram_size;        /* total guest RAM, for CPUID/MSR models */
@@ -69,6 +77,12 @@ struct accel_config {
     atomic_bool *stop;
     /* Required CPU model, "host" or NULL for the accelerator's default. */
     const char *cpu_model;
+    /* -smp topology for CPUID (sockets * cores * threads >= nr_vcpus);
+     * 0 = one socket of nr_vcpus single-thread cores. */
+    unsigned sockets, cores, threads;
+    /* Applied to the CPUID the accelerator would otherwise expose. */
+    const struct cpuid_override *cpuid_overrides;
+    unsigned nr_cpuid_overrides;
 };
 
 struct accel_ops {

@@ -5,9 +5,13 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
+
+#include "accel/accel.h" /* struct cpuid_override */
 
 #define CONFIG_MAX_DRIVES 16
 #define CONFIG_MAX_DEVICES 32
+#define CONFIG_MAX_CPU_FLAGS 32
 
 struct drive_config {
     char *id;          /* -drive id= (generated "drive0".. if absent) */
@@ -29,7 +33,9 @@ struct device_config {
     enum device_kind kind;
     char *id;
     char *drive;        /* virtio-blk */
-    char *chardev;      /* virtio-console backend spec, default "stdio"-mux peer */
+    bool console;       /* virtio-serial-pci: a virtconsole port was given */
+    char *chardev;      /* its backend as a chardev_open() spec ("stdio", "file:PATH",
+                           "none"); NULL when there is no console port */
     uint16_t iobase;    /* isa-debug-exit */
     uint8_t iosize;
     unsigned num_queues;/* virtio-blk num-queues */
@@ -40,23 +46,32 @@ struct vm_config {
     char *name;
     uint64_t ram_size;            /* bytes; default 128 MiB like QEMU */
     unsigned nr_cpus;             /* -smp N */
-    unsigned sockets, cores, threads;
+    unsigned sockets, cores, threads; /* always filled in; product >= nr_cpus */
+    unsigned max_cpus;            /* -smp maxcpus= (no hotplug: informational) */
     char *kernel, *initrd, *append;
-    char *serial;                 /* "stdio", "file:PATH", "none"; default stdio with -nographic */
+    char *serial;                 /* COM1 as a chardev_open() spec: "stdio", "file:PATH", "none";
+                                     default "stdio" (Ember has no graphical console) */
     bool nographic;
     bool no_reboot;
     char *accel;                  /* "kvm", "tcg", "kvm:tcg"; NULL = kvm, fall back to tcg */
-    char *cpu_model;              /* "host" or NULL */
+    char *cpu_model;              /* "host" (also for -cpu max) or NULL */
+    struct cpuid_override cpu_flags[CONFIG_MAX_CPU_FLAGS]; /* -cpu host,+feat,-feat */
+    unsigned nr_cpu_flags;
     struct drive_config drives[CONFIG_MAX_DRIVES];
     unsigned nr_drives;
     struct device_config devices[CONFIG_MAX_DEVICES];
     unsigned nr_devices;
 };
 
-/* Parse argv into cfg. Returns 0, 1 if the program should exit 0 after
- * --help/--version output, or -1 after printing one line naming the bad
+/* Parse argv into cfg (which is overwritten; config_free() it afterwards
+ * whatever the result). -drive if=virtio adds a DEVICE_VIRTIO_BLK entry to
+ * devices[] at its place on the command line, so devices[] is the complete,
+ * ordered list of PCI devices. Returns 0, 1 if the program should exit 0
+ * after --help/--version output, or -1 after printing one line naming the bad
  * option and what was expected. */
 int config_parse(int argc, char **argv, struct vm_config *cfg);
 void config_free(struct vm_config *cfg);
+/* The --help text. */
+void config_print_help(FILE *out);
 
 #endif

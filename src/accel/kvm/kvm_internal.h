@@ -1,0 +1,46 @@
+/* Private to accel/kvm: the VM and vCPU objects shared by kvm.c (VM,
+ * memory, interrupts) and kvm_vcpu.c (vCPU creation, CPUID, run loop). */
+#ifndef EMBER_ACCEL_KVM_INTERNAL_H
+#define EMBER_ACCEL_KVM_INTERNAL_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "accel/accel.h"
+
+#define KVM_TSS_ADDR 0xfffbd000UL
+#define KVM_IDENTITY_MAP_ADDR 0xfeffc000ULL
+
+struct accel {
+    int kvm_fd;
+    int vm_fd;
+    int run_size;              /* size of the kvm_run mapping */
+    struct accel_config cfg;   /* copy; pointers inside are the machine's */
+    struct irq_sink irq;
+    unsigned nr_slots;         /* memory slots used */
+    struct kvm_cpuid2 *cpuid;  /* KVM_GET_SUPPORTED_CPUID, fetched once */
+};
+
+struct vcpu {
+    struct accel *acc;
+    unsigned index;
+    int fd;
+    struct kvm_run *run;
+    /* The thread inside vcpu_run(), for kicks; valid while running. */
+    pthread_t thread;
+    atomic_bool running;
+    pthread_mutex_t kick_lock; /* orders kicks against the thread leaving vcpu_run */
+};
+
+/* kvm_vcpu.c */
+int kvm_vcpu_create(struct accel *a, unsigned index, struct vcpu **out);
+void kvm_vcpu_destroy(struct vcpu *v);
+int kvm_vcpu_set_state(struct vcpu *v, const struct cpu_state *s);
+int kvm_vcpu_get_state(struct vcpu *v, struct cpu_state *s);
+enum vcpu_exit kvm_vcpu_run(struct vcpu *v);
+void kvm_vcpu_kick(struct vcpu *v);
+void kvm_vcpu_dump(struct vcpu *v, FILE *out);
+
+#endif
