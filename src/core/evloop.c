@@ -210,7 +210,10 @@ int evloop_run(struct evloop *loop)
             free(h);
         }
     }
-    return loop->stop_code;
+    /* Re-arm: a later evloop_run() dispatches again until the next stop. */
+    int code = loop->stop_code;
+    atomic_store(&loop->stopping, false);
+    return code;
 }
 
 static void on_timer(void *opaque, uint32_t events)

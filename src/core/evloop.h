@@ -29,7 +29,9 @@ void evtimer_arm(struct evtimer *t, uint64_t delay_ns, uint64_t period_ns); /* 0
 void evtimer_free(struct evtimer *t);
 uint64_t clock_monotonic_ns(void);
 
-/* Dispatch until evloop_stop(); returns the code passed to it. */
+/* Dispatch until evloop_stop(); returns the code passed to it. A stop
+ * requested before the call makes it return at once; afterwards the loop can
+ * be run again. */
 int evloop_run(struct evloop *loop);
 /* Safe from any thread (and from callbacks). */
 void evloop_stop(struct evloop *loop, int code);

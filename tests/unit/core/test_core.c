@@ -1,4 +1,5 @@
-/* Unit tests for src/core: size parsing, guest memory bounds, the bus. */
+/* Unit tests for src/core: size parsing, guest memory bounds, the bus, the
+ * event loop. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,6 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "core/evloop.h"
 #include "core/guest_mem.h"
 #include "core/util.h"
 #include "hw/bus.h"
@@ -120,6 +122,37 @@ static void test_bus_dispatch(void **state)
     bus_free(bus);
 }
 
+static void stop_from_call(void *opaque)
+{
+    struct evloop *loop = *(struct evloop **)opaque;
+    evloop_stop(loop, 7);
+}
+
+static void count_call(void *opaque) { ++*(int *)opaque; }
+
+/* The loop runs deferred calls in order, stops with the given code, and can
+ * be run again afterwards (a second stop ends the second run). */
+static void test_evloop_rerun(void **state)
+{
+    (void)state;
+    struct evloop *loop = evloop_new();
+    int calls = 0;
+    evloop_call(loop, count_call, &calls);
+    evloop_call(loop, stop_from_call, &loop);
+    assert_int_equal(evloop_run(loop), 7);
+    assert_int_equal(calls, 1);
+
+    evloop_call(loop, count_call, &calls);
+    evloop_call(loop, count_call, &calls);
+    evloop_stop(loop, 3); /* before the run: it returns at once, the calls wait */
+    assert_int_equal(evloop_run(loop), 3);
+
+    evloop_call(loop, stop_from_call, &loop);
+    assert_int_equal(evloop_run(loop), 7);
+    assert_int_equal(calls, 3);
+    evloop_free(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -127,6 +160,7 @@ int main(void)
         cmocka_unit_test(test_parse_u64_bool),
         cmocka_unit_test(test_guest_mem_bounds),
         cmocka_unit_test(test_bus_dispatch),
+        cmocka_unit_test(test_evloop_rerun),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
