@@ -11,6 +11,7 @@ packages=(
   libcmocka-dev cpio busybox-static e2fsprogs
   # test oracles and benchmark peers
   qemu-system-x86 qemu-utils
+  linux-image-amd64  # stock kernel booted by bench/tcg.sh and the Linux e2e tests
   acpica-tools  # iasl: disassembles the DSDT in tests/unit/machine/test_acpi
 )
 
