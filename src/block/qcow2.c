@@ -1425,7 +1425,21 @@ struct check_ctx {
     uint64_t nclusters;
     struct qcow2_check_result *res;
     uint8_t *l2buf;
+    bool quiet;     /* no per-problem lines (repair of a dirty image at open) */
 };
+
+static void check_say(const struct check_ctx *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void check_say(const struct check_ctx *c, const char *fmt, ...)
+{
+    if (c->quiet)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
 
 static void check_ref(struct check_ctx *c, uint64_t off, uint64_t len, const char *what)
 {
@@ -1434,7 +1448,7 @@ static void check_ref(struct check_ctx *c, uint64_t off, uint64_t len, const cha
     uint64_t first = off / c->q->cs, last = (off + len - 1) / c->q->cs;
     for (uint64_t k = first; k <= last; k++) {
         if (k >= c->nclusters) {
-            fprintf(stderr, "ERROR %s at offset 0x%llx is past the end of the image file\n",
+            check_say(c, "ERROR %s at offset 0x%llx is past the end of the image file\n",
                     what, (unsigned long long)(k * c->q->cs));
             c->res->corruptions++;
             return;
@@ -1454,13 +1468,13 @@ static int check_l1(struct check_ctx *c, const uint64_t *l1, uint64_t l1_size, b
     for (uint64_t i = 0; i < l1_size; i++) {
         uint64_t e = l1[i], off = e & L1E_OFFSET_MASK;
         if (e & L1E_RESERVED) {
-            fprintf(stderr, "ERROR L1 entry %llu has reserved bits set\n", (unsigned long long)i);
+            check_say(c, "ERROR L1 entry %llu has reserved bits set\n", (unsigned long long)i);
             c->res->corruptions++;
         }
         if (!off)
             continue;
         if (off & (q->cs - 1)) {
-            fprintf(stderr, "ERROR L2 table %llu at unaligned offset 0x%llx\n",
+            check_say(c, "ERROR L2 table %llu at unaligned offset 0x%llx\n",
                     (unsigned long long)i, (unsigned long long)off);
             c->res->corruptions++;
             continue;
@@ -1492,7 +1506,7 @@ static int check_l1(struct check_ctx *c, const uint64_t *l1, uint64_t l1_size, b
             uint64_t host = l2e & L2E_OFFSET_MASK;
             if ((l2e & reserved) || (host & (q->cs - 1)) ||
                 (q->ext_l2 && ((bm & (bm >> 32)) & 0xffffffffu))) {
-                fprintf(stderr, "ERROR invalid L2 entry 0x%llx (table %llu, index %llu)\n",
+                check_say(c, "ERROR invalid L2 entry 0x%llx (table %llu, index %llu)\n",
                         (unsigned long long)l2e, (unsigned long long)i, (unsigned long long)j);
                 c->res->corruptions++;
                 continue;
@@ -1520,7 +1534,7 @@ static int check_snapshots(struct check_ctx *c)
     for (uint32_t i = 0; i < q->h.nb_snapshots; i++) {
         uint8_t hdr[40];
         if (off + 40 > q->file_size || q_pread(q, hdr, 40, off) < 0) {
-            fprintf(stderr, "ERROR snapshot table is truncated\n");
+            check_say(c, "ERROR snapshot table is truncated\n");
             c->res->corruptions++;
             free(walked);
             return 0;
@@ -1530,7 +1544,7 @@ static int check_snapshots(struct check_ctx *c)
         uint64_t extra = be32toh(ld32(hdr + 36));
         off = ALIGN_UP(off + 40 + extra + id_len + name_len, 8);
         if (l1_size * 8 > MAX_L1_BYTES || !range_ok(l1_off, l1_size * 8, q->cs, q->file_size)) {
-            fprintf(stderr, "ERROR snapshot %u has an invalid L1 table\n", i);
+            check_say(c, "ERROR snapshot %u has an invalid L1 table\n", i);
             c->res->corruptions++;
             continue;
         }
@@ -1554,10 +1568,80 @@ static int check_snapshots(struct check_ctx *c)
     return 0;
 }
 
-static int check_locked(struct qcow2 *q, int fix, struct qcow2_check_result *res)
+/* COPIED flags of the active tables must say "stored refcount is exactly 1"
+ * (qemu-img counts each mismatch as a corruption, repaired with -r all). */
+static void check_copied_flag(struct check_ctx *c, uint64_t entry, uint64_t host, bool fix,
+                              const char *what, uint64_t where, bool *repair, uint64_t *fixed)
+{
+    uint64_t rc;
+    *repair = false;
+    if (rc_get(c->q, host / c->q->cs, &rc) < 0) {
+        c->res->check_errors++;
+        return;
+    }
+    if ((rc == 1) == ((entry & OFLAG_COPIED) != 0))
+        return;
+    if (what[0] == 'L')
+        check_say(c, "%s OFLAG_COPIED L2 cluster: l1_index=%llu l1_entry=%llx refcount=%llu\n",
+                  fix ? "Repairing" : "ERROR", (unsigned long long)where,
+                  (unsigned long long)entry, (unsigned long long)rc);
+    else
+        check_say(c, "%s OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu\n",
+                  fix ? "Repairing" : "ERROR", (unsigned long long)entry, (unsigned long long)rc);
+    *fixed = rc == 1 ? (entry | OFLAG_COPIED) : (entry & ~OFLAG_COPIED);
+    if (fix)
+        c->res->corruptions_fixed++;
+    else
+        c->res->corruptions++;
+    *repair = fix;
+}
+
+static void check_copied_flags(struct check_ctx *c, int fix_flags)
+{
+    struct qcow2 *q = c->q;
+    bool fix = fix_flags & QCOW2_FIX_ERRORS, repair;
+    uint64_t fixed;
+    for (uint64_t i = 0; i < q->h.l1_size; i++) {
+        uint64_t e = q->l1[i], toff = e & L1E_OFFSET_MASK;
+        if (!toff || (e & L1E_RESERVED) || (toff & (q->cs - 1)) || toff >= q->file_size)
+            continue;
+        check_copied_flag(c, e, toff, fix, "L2 cluster", i, &repair, &fixed);
+        if (repair) {
+            uint64_t be = htobe64(fixed);
+            if (q_pwrite(q, &be, 8, q->h.l1_table_offset + i * 8) == 0)
+                q->l1[i] = fixed;
+            else
+                c->res->check_errors++;
+        }
+        if (q_pread(q, c->l2buf, q->cs, toff) < 0) {
+            c->res->check_errors++;
+            continue;
+        }
+        bool dirty = false;
+        for (uint64_t j = 0; j < (1ULL << q->l2_bits); j++) {
+            uint8_t *p = c->l2buf + j * q->l2_esz;
+            uint64_t l2e = be64toh(ld64(p)), host = l2e & L2E_OFFSET_MASK;
+            if ((l2e & OFLAG_COMPRESSED) || !host || (host & (q->cs - 1)) ||
+                host >= q->file_size)
+                continue;
+            check_copied_flag(c, l2e, host, fix, "data cluster", l2e, &repair, &fixed);
+            if (repair) {
+                st64(p, htobe64(fixed));
+                dirty = true;
+            }
+        }
+        if (dirty) {
+            if (q_pwrite(q, c->l2buf, q->cs, toff) < 0)
+                c->res->check_errors++;
+            tcache_drop(&q->l2c, toff);
+        }
+    }
+}
+
+static int check_locked(struct qcow2 *q, int fix, struct qcow2_check_result *res, bool quiet)
 {
     memset(res, 0, sizeof(*res));
-    struct check_ctx c = { .q = q, .res = res };
+    struct check_ctx c = { .q = q, .res = res, .quiet = quiet };
     c.nclusters = DIV_ROUND_UP_U64(MAX(q->file_size, 1), q->cs);
     if (c.nclusters > (1ULL << 31))
         return q_fail(q, -EFBIG, "image file has too many clusters to check");
@@ -1577,7 +1661,7 @@ static int check_locked(struct qcow2 *q, int fix, struct qcow2_check_result *res
         if (!off)
             continue;
         if ((q->reftable[r] & ~REFT_OFFSET_MASK) || (off & (q->cs - 1))) {
-            fprintf(stderr, "ERROR refcount block %llu has an invalid offset\n",
+            check_say(&c, "ERROR refcount block %llu has an invalid offset\n",
                     (unsigned long long)r);
             res->corruptions++;
             continue;
@@ -1594,12 +1678,12 @@ static int check_locked(struct qcow2 *q, int fix, struct qcow2_check_result *res
                      off / q->cs < c.nclusters && !seen[off / q->cs];
         if (valid)
             seen[off / q->cs] = 1;
-        if (first >= c.nclusters && !valid)
-            continue; /* nothing counted there, nothing (readable) stored */
-        for (uint64_t k = first; k < first + q->rb_entries; k++) {
-            uint64_t want = k < c.nclusters ? c.ref[k] : 0, stored = 0;
-            if (k >= c.nclusters && !valid)
-                break;
+        if (first >= c.nclusters)
+            break;
+        /* Like qemu-img, refcounts stored for clusters past the end of the
+         * file are not looked at. */
+        for (uint64_t k = first; k < MIN(first + q->rb_entries, c.nclusters); k++) {
+            uint64_t want = c.ref[k], stored = 0;
             if (valid && rc_get(q, k, &stored) < 0) {
                 res->check_errors++;
                 break;
@@ -1607,7 +1691,7 @@ static int check_locked(struct qcow2 *q, int fix, struct qcow2_check_result *res
             if (stored == want)
                 continue;
             bool leak = stored > want;
-            fprintf(stderr, "%s cluster %llu refcount=%llu reference=%llu\n",
+            check_say(&c, "%s cluster %llu refcount=%llu reference=%llu\n",
                     leak ? (fix & QCOW2_FIX_LEAKS ? "Repairing" : "Leaked")
                          : (fix & QCOW2_FIX_ERRORS ? "Repairing" : "ERROR"),
                     (unsigned long long)k, (unsigned long long)stored, (unsigned long long)want);
@@ -1633,18 +1717,18 @@ static int check_locked(struct qcow2 *q, int fix, struct qcow2_check_result *res
     for (uint64_t k = q->reftable_entries * q->rb_entries; k < c.nclusters; k++) {
         if (!c.ref[k])
             continue;
-        fprintf(stderr, "%s cluster %llu refcount=0 reference=%u\n",
+        check_say(&c, "%s cluster %llu refcount=0 reference=%u\n",
                 fix & QCOW2_FIX_ERRORS ? "Repairing" : "ERROR", (unsigned long long)k, c.ref[k]);
         res->corruptions++;
         if ((fix & QCOW2_FIX_ERRORS) && rc_set(q, k, c.ref[k]) == 0)
             res->corruptions_fixed++;
     }
     free(seen);
-    /* Image end: one past the last cluster in use. */
+    check_copied_flags(&c, fix);
+    /* Image end: one past the last cluster referenced (as qemu-img counts). */
     uint64_t end = 0;
     for (uint64_t k = c.nclusters; k > 0; k--) {
-        uint64_t rc;
-        if (rc_get(q, k - 1, &rc) == 0 && rc) {
+        if (c.ref[k - 1]) {
             end = k;
             break;
         }
@@ -1663,7 +1747,7 @@ int qcow2_check(struct block_dev *bd, int fix, struct qcow2_check_result *res)
     if (fix && bd->readonly)
         return log_fail(-EROFS, "%s: cannot repair an image opened read-only", bd->what);
     pthread_mutex_lock(&q->lock);
-    int ret = check_locked(q, fix, res);
+    int ret = check_locked(q, fix, res, false);
     pthread_mutex_unlock(&q->lock);
     return ret;
 }
@@ -1865,7 +1949,7 @@ int qcow2_open(struct block_dev *bd, const struct block_open_opts *opts,
         /* Refcounts may be stale (lazy refcounts): rebuild them before writing. */
         struct qcow2_check_result res;
         log_info("%s: image was not closed cleanly; repairing refcounts", bd->what);
-        if ((ret = check_locked(q, QCOW2_FIX_LEAKS | QCOW2_FIX_ERRORS, &res)) < 0)
+        if ((ret = check_locked(q, QCOW2_FIX_LEAKS | QCOW2_FIX_ERRORS, &res, true)) < 0)
             goto fail;
         q_barrier(q);
         q->h.incompatible &= ~INCOMPAT_DIRTY;
@@ -2035,6 +2119,22 @@ static void put_feature(uint8_t *p, uint8_t type, uint8_t bit, const char *name)
     strncpy((char *)p + 2, name, 46);
 }
 
+/* The feature name table extension (as QEMU writes it) at m + off; returns
+ * the offset past it. Needs 392 bytes. */
+static uint64_t put_feature_table(uint8_t *m, uint64_t off)
+{
+    static const struct { uint8_t type, bit; const char *name; } feats[] = {
+        { 0, 0, "dirty bit" }, { 0, 1, "corrupt bit" }, { 0, 2, "external data file" },
+        { 0, 3, "compression type" }, { 0, 4, "extended L2 entries" },
+        { 1, 0, "lazy refcounts" }, { 2, 0, "bitmaps" }, { 2, 1, "raw external data" },
+    };
+    st32(m + off, htobe32(EXT_FEATURE_TABLE));
+    st32(m + off + 4, htobe32((uint32_t)(48 * ARRAY_SIZE(feats))));
+    for (size_t i = 0; i < ARRAY_SIZE(feats); i++)
+        put_feature(m + off + 8 + 48 * i, feats[i].type, feats[i].bit, feats[i].name);
+    return off + 8 + 48 * ARRAY_SIZE(feats);
+}
+
 int qcow2_create(const char *filename, const struct qcow2_create_opts *o)
 {
     uint64_t cs = o->cluster_size ? o->cluster_size : 64 * KiB;
@@ -2105,18 +2205,8 @@ int qcow2_create(const char *filename, const struct qcow2_create_opts *o)
         memcpy(m + off + 8, o->backing_fmt, n);
         off += 8 + ALIGN_UP(n, 8);
     }
-    if (version == 3 && cs >= 4096) {
-        static const struct { uint8_t type, bit; const char *name; } feats[] = {
-            { 0, 0, "dirty bit" }, { 0, 1, "corrupt bit" }, { 0, 2, "external data file" },
-            { 0, 3, "compression type" }, { 0, 4, "extended L2 entries" },
-            { 1, 0, "lazy refcounts" }, { 2, 0, "bitmaps" }, { 2, 1, "raw external data" },
-        };
-        st32(m + off, htobe32(EXT_FEATURE_TABLE));
-        st32(m + off + 4, htobe32((uint32_t)(48 * ARRAY_SIZE(feats))));
-        for (size_t i = 0; i < ARRAY_SIZE(feats); i++)
-            put_feature(m + off + 8 + 48 * i, feats[i].type, feats[i].bit, feats[i].name);
-        off += 8 + 48 * ARRAY_SIZE(feats);
-    }
+    if (version == 3 && cs >= 4096)
+        off = put_feature_table(m, off);
     off += 8; /* end-of-extensions marker (zeroes) */
     if (o->backing_file) {
         size_t n = strlen(o->backing_file);
@@ -2791,5 +2881,281 @@ int qcow2_grow(struct block_dev *bd, uint64_t new_size)
             ret = rc_add(q, old_off / q->cs + c, -1);
 out:
     pthread_mutex_unlock(&q->lock);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- shrink */
+
+/* Drop the mapping of guest cluster gofs (refcounts released after the
+ * cleared entry is durable). */
+static int cluster_unmap(struct qcow2 *q, uint64_t gofs)
+{
+    struct l2_slot s;
+    int ret = l2_lookup(q, gofs, &s);
+    if (ret < 0 || !s.table || (!s.entry && !s.bitmap))
+        return ret;
+    uint64_t e = s.entry;
+    if ((ret = l2_lookup_for_write(q, gofs, &s)) < 0 || (ret = l2_write_slot(q, &s, 0, 0)) < 0)
+        return ret;
+    if ((e & OFLAG_COMPRESSED) || (e & L2E_OFFSET_MASK))
+        ret = entry_release(q, e);
+    return ret;
+}
+
+static int shrink_locked(struct qcow2 *q, uint64_t new_size)
+{
+    /* The smaller size first: a crash after it only leaks the tail. */
+    uint64_t be = htobe64(new_size);
+    int ret = q_pwrite(q, &be, 8, 24);
+    if (ret < 0 || (ret = q_barrier(q)) < 0)
+        return ret;
+    uint64_t old_size = q->bd->length;
+    q->h.size = new_size;
+    q->bd->length = new_size;
+    q->cbuf_entry = 0;
+    uint64_t span = q->cs << q->l2_bits; /* guest bytes per L2 table */
+    uint64_t keep_l1 = DIV_ROUND_UP_U64(new_size, span);
+    /* The L2 table the new end falls in: clear the entries past it. */
+    uint64_t table_end = MIN(keep_l1 * span, ALIGN_UP(old_size, q->cs));
+    for (uint64_t g = ALIGN_UP(new_size, q->cs); g < table_end && ret == 0; g += q->cs)
+        ret = cluster_unmap(q, g);
+    /* Whole L2 tables past it: unhook each from L1, then free its tree. */
+    for (uint64_t i = keep_l1; i < q->h.l1_size && ret == 0; i++) {
+        uint64_t e = q->l1[i];
+        if (!(e & L1E_OFFSET_MASK))
+            continue;
+        uint64_t zero = 0;
+        if ((ret = q_pwrite(q, &zero, 8, q->h.l1_table_offset + i * 8)) < 0 ||
+            (ret = q_barrier(q)) < 0)
+            break;
+        q->l1[i] = 0;
+        tcache_drop(&q->l2c, e & L1E_OFFSET_MASK);
+        ret = tree_refcounts(q, &e, 1, -1);
+    }
+    return ret == 0 ? q_barrier(q) : ret;
+}
+
+int qcow2_shrink(struct block_dev *bd, uint64_t new_size)
+{
+    struct qcow2 *q = Q(bd);
+    if (bd->drv != &block_driver_qcow2)
+        return -EINVAL;
+    if (bd->readonly)
+        return -EROFS;
+    new_size = ALIGN_UP(new_size, 512);
+    if (new_size > bd->length)
+        return qcow2_grow(bd, new_size);
+    if (new_size == bd->length)
+        return 0;
+    if (q->h.nb_snapshots)
+        return log_fail(-ENOTSUP, "%s: cannot shrink an image with internal snapshots",
+                        bd->what);
+    pthread_mutex_lock(&q->lock);
+    int ret = shrink_locked(q, new_size);
+    pthread_mutex_unlock(&q->lock);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- amend */
+
+/* Rebuild the header cluster for `version` from q->h, keeping the backing
+ * file name, its format and any extension we do not know. One write. */
+static int header_rewrite(struct qcow2 *q, unsigned version)
+{
+    uint8_t *old = xzalloc(q->cs), *nb = xzalloc(q->cs);
+    int ret = q_pread(q, old, MIN(q->cs, q->file_size), 0);
+    memcpy(nb, old, 72);
+    st32(nb + 4, htobe32(version));
+    uint64_t off = 72;
+    if (version >= 3) {
+        st64(nb + 72, htobe64(q->h.incompatible));
+        st64(nb + 80, htobe64(q->h.compatible));
+        st64(nb + 88, htobe64(q->h.autoclear));
+        st32(nb + 96, htobe32(q->h.refcount_order));
+        st32(nb + 100, htobe32(112));
+        nb[104] = q->h.compression_type;
+        off = 112;
+    }
+    if (q->backing_name && q->backing_fmt) {
+        size_t n = strlen(q->backing_fmt);
+        st32(nb + off, htobe32(EXT_BACKING_FORMAT));
+        st32(nb + off + 4, htobe32((uint32_t)n));
+        memcpy(nb + off + 8, q->backing_fmt, n);
+        off += 8 + ALIGN_UP(n, 8);
+    }
+    if (version >= 3 && q->cs >= 4096)
+        off = put_feature_table(nb, off);
+    uint64_t src = q->h.header_length, limit = q->cs;
+    if (q->h.backing_file_offset > src)
+        limit = MIN(limit, q->h.backing_file_offset);
+    while (ret == 0 && src + 8 <= limit) {
+        uint32_t type = be32toh(ld32(old + src)), len = be32toh(ld32(old + src + 4));
+        uint64_t total = 8 + ALIGN_UP((uint64_t)len, 8);
+        if (type == EXT_END || src + total > limit)
+            break;
+        if (type != EXT_BACKING_FORMAT && type != EXT_FEATURE_TABLE) {
+            if (off + total + 8 > q->cs)
+                ret = -ENOSPC;
+            else
+                memcpy(nb + off, old + src, total);
+            off += total;
+        }
+        src += total;
+    }
+    off += 8; /* end of extensions */
+    uint64_t name_len = q->backing_name ? strlen(q->backing_name) : 0;
+    if (ret == 0 && off + name_len > q->cs)
+        ret = -ENOSPC;
+    if (ret == 0 && name_len)
+        memcpy(nb + off, q->backing_name, name_len);
+    st64(nb + 8, htobe64(name_len ? off : 0));
+    st32(nb + 16, htobe32((uint32_t)name_len));
+    if (ret == -ENOSPC)
+        log_error("%s: the header does not fit in one cluster", q->bd->what);
+    if (ret == 0)
+        ret = q_pwrite(q, nb, q->cs, 0);
+    if (ret == 0)
+        ret = q_barrier(q);
+    if (ret == 0) {
+        q->h.version = version;
+        q->h.header_length = version >= 3 ? 112 : 72;
+        q->h.backing_file_offset = name_len ? off : 0;
+        q->h.backing_file_size = (uint32_t)name_len;
+    }
+    free(old);
+    free(nb);
+    return ret;
+}
+
+/* Does any L2 table of this L1 table hold a zero-flagged entry? */
+static int tree_has_zero_flags(struct qcow2 *q, const uint64_t *l1, uint64_t l1_size, bool *found)
+{
+    uint8_t *tbl = xmalloc(q->cs);
+    int ret = 0;
+    for (uint64_t i = 0; i < l1_size && ret == 0 && !*found; i++) {
+        uint64_t toff = l1[i] & L1E_OFFSET_MASK;
+        if (!toff)
+            continue;
+        if ((ret = q_pread(q, tbl, q->cs, toff)) < 0)
+            break;
+        for (uint64_t j = 0; j < (1ULL << q->l2_bits); j++) {
+            uint64_t e = be64toh(ld64(tbl + j * q->l2_esz));
+            if (!(e & OFLAG_COMPRESSED) && (e & OFLAG_ZERO))
+                *found = true;
+        }
+    }
+    free(tbl);
+    return ret;
+}
+
+/* v2 has no zero flag: store zero clusters as real zeroes (or, with no
+ * backing file and nothing stored, as unallocated clusters, which read as
+ * zeroes there too). */
+static int expand_zero_clusters(struct qcow2 *q)
+{
+    bool has_backing = q->backing || q->backing_name;
+    uint64_t per_table = 1ULL << q->l2_bits;
+    uint8_t *zero = xzalloc(q->cs);
+    int ret = 0;
+    for (uint64_t l1i = 0; l1i < q->h.l1_size && ret == 0; l1i++) {
+        uint64_t toff;
+        if ((ret = l1_entry_table(q, l1i, &toff)) < 0 || !toff)
+            continue;
+        for (uint64_t j = 0; j < per_table && ret == 0; j++) {
+            uint64_t gofs = (l1i * per_table + j) << q->cb;
+            if (gofs >= q->bd->length)
+                break;
+            struct l2_slot s;
+            if ((ret = l2_lookup(q, gofs, &s)) < 0)
+                break;
+            if ((s.entry & OFLAG_COMPRESSED) || !(s.entry & OFLAG_ZERO))
+                continue;
+            if (has_backing || (s.entry & L2E_OFFSET_MASK)) {
+                uint64_t n = MIN(q->cs, q->bd->length - gofs);
+                struct iovec iov = { zero, n };
+                ret = q_writev(q, gofs, &iov, 1, n);
+            } else if ((ret = l2_lookup_for_write(q, gofs, &s)) == 0) {
+                ret = l2_write_slot(q, &s, 0, 0);
+            }
+        }
+    }
+    free(zero);
+    return ret == 0 ? q_barrier(q) : ret;
+}
+
+/* What v2 cannot express; sn: the snapshot table, read beforehand. */
+static int downgrade_check(struct qcow2 *q, struct qcow2_snapshot *sn, uint32_t n)
+{
+    if (q->rc_order != 4)
+        return log_fail(-ENOTSUP, "%s: compat=0.10 requires refcount_bits=16", q->bd->what);
+    if (q->ext_l2)
+        return log_fail(-ENOTSUP, "%s: compat=0.10 does not support extended L2 entries",
+                        q->bd->what);
+    if (q->h.compression_type)
+        return log_fail(-ENOTSUP, "%s: compat=0.10 does not support zstd compression",
+                        q->bd->what);
+    if (q->h.incompatible & ~INCOMPAT_DIRTY)
+        return log_fail(-ENOTSUP, "%s: incompatible features 0x%llx have no compat=0.10 form",
+                        q->bd->what, (unsigned long long)q->h.incompatible);
+    bool found = false;
+    int ret = 0;
+    for (uint32_t i = 0; i < n && ret == 0 && !found; i++) {
+        uint64_t *l1 = NULL;
+        if ((ret = snapshot_load_l1(q, &sn[i], &l1)) == 0)
+            ret = tree_has_zero_flags(q, l1, sn[i].l1_size, &found);
+        free(l1);
+    }
+    if (ret == 0 && found)
+        ret = log_fail(-ENOTSUP, "%s: an internal snapshot holds zero clusters, which "
+                       "compat=0.10 cannot express", q->bd->what);
+    return ret;
+}
+
+static int amend_locked(struct qcow2 *q, const struct qcow2_amend_opts *o,
+                        struct qcow2_snapshot *sn, uint32_t nsn)
+{
+    unsigned version = o->version ? (unsigned)o->version : q->h.version;
+    bool lazy = o->lazy_refcounts >= 0 ? o->lazy_refcounts != 0
+                                       : (q->h.compatible & COMPAT_LAZY_REFCOUNTS) != 0;
+    if (version != 2 && version != 3)
+        return log_fail(-EINVAL, "%s: compat must be 0.10 or 1.1", q->bd->what);
+    if (version == 2 && lazy)
+        return log_fail(-EINVAL, "%s: lazy refcounts require compat=1.1", q->bd->what);
+    int ret;
+    if (version == 2 && q->h.version == 3) {
+        if ((ret = downgrade_check(q, sn, nsn)) < 0 || (ret = expand_zero_clusters(q)) < 0)
+            return ret;
+        q->h.incompatible = q->h.compatible = q->h.autoclear = 0;
+    }
+    if (version == 3 && q->h.version == 2) {
+        q->h.incompatible = q->h.compatible = q->h.autoclear = 0;
+        q->h.refcount_order = 4;
+        q->h.compression_type = 0;
+    }
+    if (version >= 3) {
+        if (lazy)
+            q->h.compatible |= COMPAT_LAZY_REFCOUNTS;
+        else
+            q->h.compatible &= ~COMPAT_LAZY_REFCOUNTS;
+    }
+    return header_rewrite(q, version);
+}
+
+int qcow2_amend(struct block_dev *bd, const struct qcow2_amend_opts *o)
+{
+    struct qcow2 *q = Q(bd);
+    if (bd->drv != &block_driver_qcow2)
+        return -EINVAL;
+    if (bd->readonly)
+        return -EROFS;
+    struct qcow2_snapshot *sn;
+    uint32_t n;
+    int ret = qcow2_snapshots_read(bd, &sn, &n);
+    if (ret < 0)
+        return ret;
+    pthread_mutex_lock(&q->lock);
+    ret = amend_locked(q, o, sn, n);
+    pthread_mutex_unlock(&q->lock);
+    qcow2_snapshots_free(sn, n);
     return ret;
 }

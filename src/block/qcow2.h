@@ -99,5 +99,18 @@ int qcow2_make_empty(struct block_dev *bd);
 int qcow2_set_backing(struct block_dev *bd, const char *backing_file, const char *backing_fmt);
 /* Grow the virtual size (resize). */
 int qcow2_grow(struct block_dev *bd, uint64_t new_size);
+/* Shrink the virtual size (resize --shrink): clusters past the new end are
+ * freed, as qemu-img does. Refused for images with internal snapshots. */
+int qcow2_shrink(struct block_dev *bd, uint64_t new_size);
+
+/* amend: change the compat level (2 or 3; 0 keeps it) and lazy refcounts
+ * (-1 keeps it). Downgrading to v2 writes out zero clusters first and is
+ * refused for what v2 cannot express (refcount_bits other than 16, extended
+ * L2, zstd compression). Messages name the image. */
+struct qcow2_amend_opts {
+    int version;
+    int lazy_refcounts;
+};
+int qcow2_amend(struct block_dev *bd, const struct qcow2_amend_opts *o);
 
 #endif

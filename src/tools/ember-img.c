@@ -12,6 +12,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -44,7 +45,8 @@ static const char usage_text[] =
     "  map      [-f fmt] [--output=human|json] [--start-offset=off] [--max-length=len] filename\n"
     "  compare  [-q] [-f fmt] [-F fmt] [-p] [-s] [-U] filename1 filename2\n"
     "  measure  [--output=human|json] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]\n"
-    "  amend    [-q] [-f fmt] -o options filename\n"
+    "  amend    [-q] [-f fmt] -o options filename   (compat, lazy_refcounts, size,\n"
+    "           backing_file, backing_fmt)\n"
     "  snapshot [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename\n"
     "\n"
     "Parameters:\n"
@@ -1192,8 +1194,11 @@ static int cmd_resize(int argc, char **argv)
         if (prealloc != QCOW2_PREALLOC_OFF)
             ret = log_fail(-ENOTSUP, "%s: preallocation on resize is not supported for qcow2",
                            filename);
+        else if (want < cur && !shrink)
+            ret = log_fail(-EINVAL, "%s: use the --shrink option to shrink an image "
+                           "(data past the new end is lost)", filename);
         else if (want < cur)
-            ret = log_fail(-ENOTSUP, "%s: shrinking qcow2 images is not supported", filename);
+            ret = qcow2_shrink(bd, want);
         else
             ret = qcow2_grow(bd, want);
         block_close(bd);
@@ -1220,23 +1225,48 @@ static int cmd_resize(int argc, char **argv)
 
 /* ------------------------------------------------------------------ commit */
 
-/* Copy what `top` stores itself into `dst` (its backing image). */
-static int copy_allocated(struct block_dev *top, struct block_dev *dst, bool show)
+/* Is the run at off decided by an image above base (top included), rather
+ * than by base or below? *pnum: the length of the run with that answer. */
+static int allocated_above(struct block_dev *top, struct block_dev *base, uint64_t off,
+                           uint64_t len, uint64_t *pnum, bool *alloc)
+{
+    *pnum = len;
+    *alloc = false;
+    for (struct block_dev *b = top; b && b != base; b = block_backing(b)) {
+        if (off >= block_length(b)) {
+            *alloc = true; /* past a shorter image: the image above reads zeroes */
+            return 0;
+        }
+        uint64_t n;
+        unsigned st;
+        int ret = block_status(b, off, MIN(*pnum, block_length(b) - off), &n, &st);
+        if (ret < 0)
+            return ret;
+        *pnum = n;
+        if (st & BLOCK_STATUS_ALLOCATED) {
+            *alloc = true;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* Copy into dst (a writable open of `base`) what the images above base
+ * store, read through top so the result is what top shows. */
+static int copy_allocated(struct block_dev *top, struct block_dev *base, struct block_dev *dst,
+                          bool show)
 {
     uint64_t len = MIN(block_length(top), block_length(dst));
     uint8_t *buf = xmalloc(COPY_CHUNK);
     int ret = 0;
     for (uint64_t off = 0; off < len && ret == 0;) {
         uint64_t pnum;
-        unsigned st;
-        if ((ret = block_status(top, off, MIN(COPY_CHUNK, len - off), &pnum, &st)) < 0)
+        bool alloc;
+        if ((ret = allocated_above(top, base, off, MIN(COPY_CHUNK, len - off), &pnum, &alloc)) < 0)
             break;
-        if (st & BLOCK_STATUS_ALLOCATED) {
-            if (st & BLOCK_STATUS_ZERO)
-                ret = block_write_zeroes(dst, off, pnum, false);
-            else if ((ret = block_pread(top, off, buf, pnum)) == 0)
-                ret = block_pwrite(dst, off, buf, pnum);
-        }
+        if (alloc && (ret = block_pread(top, off, buf, pnum)) == 0)
+            ret = is_zero(buf, pnum) ? block_write_zeroes(dst, off, pnum, false)
+                                     : block_pwrite(dst, off, buf, pnum);
         off += pnum;
         progress(show, off, len);
     }
@@ -1244,6 +1274,23 @@ static int copy_allocated(struct block_dev *top, struct block_dev *dst, bool sho
     if (ret == 0)
         ret = block_flush(dst);
     return ret;
+}
+
+/* The image of top's backing chain that `name` names (as given, or relative
+ * to top's directory, like backing file names), compared by real path. */
+static struct block_dev *chain_find(struct block_dev *top, const char *top_name, const char *name)
+{
+    char want[2][PATH_MAX], real[PATH_MAX];
+    char *rel = backing_path(top_name, name);
+    bool ok0 = realpath(name, want[0]) != NULL, ok1 = realpath(rel, want[1]) != NULL;
+    free(rel);
+    for (struct block_dev *b = block_backing(top); b; b = block_backing(b)) {
+        if (!realpath(block_filename(b), real))
+            continue;
+        if ((ok0 && strcmp(real, want[0]) == 0) || (ok1 && strcmp(real, want[1]) == 0))
+            return b;
+    }
+    return NULL;
 }
 
 static int cmd_commit(int argc, char **argv)
@@ -1270,22 +1317,27 @@ static int cmd_commit(int argc, char **argv)
     struct block_dev *top;
     if (open_image(filename, fmt, true, false, &top) < 0)
         return 1;
-    struct block_dev *below = block_backing(top);
-    if (!below) {
+    struct block_dev *base = block_backing(top);
+    if (!base) {
         block_close(top);
         log_error("%s: image has no backing file to commit to", filename);
         return 1;
     }
     if (base_name) {
-        log_error("%s: commit -b (committing past the immediate backing file) is not supported",
-                  filename);
-        block_close(top);
-        return 1;
+        /* Images between base and top no longer match base afterwards; the
+         * top keeps its data so it stays valid (-b implies -d). */
+        base = chain_find(top, filename, base_name);
+        drop = true;
+        if (!base) {
+            log_error("%s: '%s' is not in the image's backing chain", filename, base_name);
+            block_close(top);
+            return 1;
+        }
     }
     struct block_dev *dst;
-    int ret = open_image(block_filename(below), block_format_name(below), false, true, &dst);
+    int ret = open_image(block_filename(base), block_format_name(base), false, true, &dst);
     if (ret == 0) {
-        ret = copy_allocated(top, dst, show && !quiet);
+        ret = copy_allocated(top, base, dst, show && !quiet);
         block_close(dst);
     }
     const char *top_fmt = block_format_name(top);
@@ -1785,6 +1837,7 @@ static int cmd_amend(int argc, char **argv)
     const char *nb = ret == 0 ? qi.backing_file : NULL, *nf = ret == 0 ? qi.backing_fmt : NULL;
     char *keep_b = nb ? xstrdup(nb) : NULL, *keep_f = nf ? xstrdup(nf) : NULL;
     bool change_backing = false;
+    struct qcow2_amend_opts ao = { .version = 0, .lazy_refcounts = -1 };
     for (int i = 0; i < opts.n && ret == 0; i++) {
         const char *k = opts.items[i].key, *v = opts.items[i].val;
         uint64_t n;
@@ -1795,6 +1848,17 @@ static int cmd_amend(int argc, char **argv)
                 ret = log_fail(-EINVAL, "invalid size '%s'", v);
             else if (n != block_length(bd))
                 ret = qcow2_grow(bd, n);
+        } else if (strcmp(k, "compat") == 0) {
+            if (strcmp(v, "0.10") == 0 || strcmp(v, "v2") == 0)
+                ao.version = 2;
+            else if (strcmp(v, "1.1") == 0 || strcmp(v, "v3") == 0)
+                ao.version = 3;
+            else
+                ret = log_fail(-EINVAL, "%s: invalid compat level '%s' (0.10 or 1.1)", filename, v);
+        } else if (strcmp(k, "lazy_refcounts") == 0) {
+            bool on;
+            if ((ret = bool_opt(k, v, &on)) == 0)
+                ao.lazy_refcounts = on;
         } else if (strcmp(k, "backing_file") == 0) {
             free(keep_b);
             keep_b = xstrdup(v);
@@ -1809,6 +1873,8 @@ static int cmd_amend(int argc, char **argv)
     }
     if (ret == 0 && change_backing)
         ret = qcow2_set_backing(bd, keep_b, keep_f);
+    if (ret == 0 && (ao.version || ao.lazy_refcounts >= 0))
+        ret = qcow2_amend(bd, &ao);
     free(keep_b);
     free(keep_f);
     block_close(bd);

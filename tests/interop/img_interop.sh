@@ -199,6 +199,89 @@ run $E rebase -u -b src.raw -F raw top.qcow2
     fail "rebase -u"
 qemu-img check -q top.qcow2 || fail "check after rebase -u"
 
+# resize --shrink: refused without the flag, then the tail is freed.
+qemu-img convert -O qcow2 -o cluster_size=4k src.raw sh.qcow2
+$E resize -q sh.qcow2 1M 2>/dev/null && fail "shrink without --shrink accepted"
+run $E resize -q --shrink sh.qcow2 1M
+qemu-img check -q sh.qcow2 || fail "check after shrink"
+head -c 1M src.raw > head.raw
+qemu-img compare -q head.raw sh.qcow2 || fail "content after shrink"
+[ "$(qemu-img info --output=json sh.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" = 1048576 ] ||
+    fail "size after shrink"
+run $E resize -q sh.qcow2 2M
+head -c 1M /dev/zero >> head.raw
+qemu-img compare -q head.raw sh.qcow2 || fail "shrunk tail does not read back as zeroes after growing"
+
+# commit -b: a depth-4 chain committed into its bottom; the top stays valid.
+qemu-img convert -O qcow2 src.raw c0.qcow2
+qemu-img create -q -f qcow2 -b c0.qcow2 -F qcow2 c1.qcow2
+qemu-io -c 'write -P 0x11 0 100k' -c 'write -z 1M 64k' c1.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b c1.qcow2 -F qcow2 c2.qcow2
+qemu-io -c 'write -P 0x22 64k 100k' -c 'discard 2M 64k' c2.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b c2.qcow2 -F qcow2 c3.qcow2
+qemu-io -c 'write -P 0x33 2M 10k' c3.qcow2 >/dev/null
+qemu-img convert -O raw c3.qcow2 want.raw
+run $E commit -q -b c0.qcow2 c3.qcow2
+qemu-img check -q c0.qcow2 || fail "check of the base after commit -b"
+qemu-img compare -q want.raw c0.qcow2 || fail "commit -b content in the base"
+qemu-img compare -q want.raw c3.qcow2 || fail "top changed by commit -b"
+$E commit -q -b nothere.qcow2 c3.qcow2 2>err.txt && fail "commit -b to a missing base accepted"
+grep -q nothere.qcow2 err.txt || fail "commit -b error does not name the base"
+
+# amend: compat both ways (zero clusters expanded for v2), lazy_refcounts.
+qemu-img convert -O qcow2 src.raw am.qcow2
+qemu-io -c 'write -z 64k 128k' -c 'write -z -u 1M 64k' am.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b am.qcow2 -F qcow2 amo.qcow2
+qemu-io -c 'write -z 0 64k' -c 'write -P 1 200k 4k' amo.qcow2 >/dev/null
+qemu-img convert -O raw am.qcow2 want.raw
+qemu-img convert -O raw amo.qcow2 wanto.raw
+for img in am.qcow2 amo.qcow2; do
+    run $E amend -o compat=0.10 $img
+    qemu-img check -q $img || fail "check after amend compat=0.10 ($img)"
+    qemu-img info --output=json $img | grep -q '"compat": "0.10"' || fail "amend compat=0.10 ($img)"
+done
+qemu-img compare -q want.raw am.qcow2 || fail "content after amend compat=0.10"
+qemu-img compare -q wanto.raw amo.qcow2 || fail "overlay content after amend compat=0.10"
+run $E amend -o compat=1.1,lazy_refcounts=on am.qcow2
+qemu-img check -q am.qcow2 || fail "check after amend compat=1.1"
+$E info --output=json am.qcow2 > ours.json && qemu-img info --output=json am.qcow2 > qemu.json
+json_same ours.json qemu.json actual-size || fail "info json after amend"
+grep -q '"lazy-refcounts": true' qemu.json || fail "amend lazy_refcounts=on"
+run $E amend -o lazy_refcounts=off am.qcow2
+qemu-img info --output=json am.qcow2 | grep -q '"lazy-refcounts": false' || fail "amend lazy_refcounts=off"
+qemu-img compare -q want.raw am.qcow2 || fail "content after amend compat=1.1"
+$E amend -o compat=0.10,lazy_refcounts=on am.qcow2 2>/dev/null && fail "lazy refcounts accepted for v2"
+qemu-img create -q -f qcow2 -o refcount_bits=1 am1.qcow2 1M
+$E amend -o compat=0.10 am1.qcow2 2>err.txt && fail "v2 downgrade with refcount_bits=1 accepted"
+grep -q am1.qcow2 err.txt || fail "amend error does not name the image"
+
+# A dirty image (lazy refcounts, writer killed by qemu-io): check finds what
+# qemu-img finds; a writable open repairs it as QEMU does.
+qemu-img create -q -f qcow2 -o lazy_refcounts=on dirty.qcow2 4M
+bash -c "qemu-io -c 'write -P 0x66 0 1M' -c 'sigraise 9' dirty.qcow2" >/dev/null 2>&1
+if qemu-img info dirty.qcow2 | grep -q 'cleanly shut down: no'; then
+    $E info --output=json dirty.qcow2 > ours.json && qemu-img info --output=json dirty.qcow2 > qemu.json
+    json_same ours.json qemu.json actual-size || fail "info json of a dirty image"
+    $E check --output=json dirty.qcow2 > ours.json 2>/dev/null
+    qemu-img check --output=json dirty.qcow2 > qemu.json 2>/dev/null
+    json_same ours.json qemu.json || fail "check json of a dirty image"
+    run $E resize -q dirty.qcow2 +0
+    qemu-img check -q dirty.qcow2 || fail "dirty image not repaired by a writable open"
+    qemu-img info dirty.qcow2 | grep -q 'cleanly shut down: no' && fail "dirty bit left set"
+    qemu-io -c 'read -P 0x66 0 1M' dirty.qcow2 | grep -q 'read 1048576' || fail "data lost repairing"
+else
+    fail "qemu-io did not leave a dirty image"
+fi
+
+# Backing loops and missing backing files: one line naming the file.
+qemu-img create -q -f qcow2 -u -b loop2.qcow2 -F qcow2 loop1.qcow2 1M
+qemu-img create -q -f qcow2 -u -b loop1.qcow2 -F qcow2 loop2.qcow2 1M
+$E convert -O raw loop1.qcow2 l.raw 2>err.txt >/dev/null; rc=$?
+{ [ $rc -eq 1 ] && grep -q loop err.txt; } || fail "backing loop: rc=$rc $(head -2 err.txt)"
+qemu-img create -q -f qcow2 -u -b gone.qcow2 -F qcow2 orphan.qcow2 1M
+$E convert -O raw orphan.qcow2 l.raw 2>err.txt >/dev/null; rc=$?
+{ [ $rc -eq 1 ] && grep -q gone.qcow2 err.txt; } || fail "missing backing file: rc=$rc"
+
 # Internal snapshots made by qemu-img: ember writes copy-on-write around them.
 qemu-img convert -O qcow2 -o cluster_size=4k src.raw snap.qcow2
 qemu-img snapshot -c s1 snap.qcow2
