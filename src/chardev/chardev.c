@@ -103,7 +103,11 @@ static void install_restore_handlers(void)
         return;
     installed = true;
     atexit(chardev_restore_terminals);
-    static const int signals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT};
+    /* Termination requests, and the fatal signals a bug would raise (an
+     * assertion's SIGABRT, a stray pointer's SIGSEGV...): the shell gets its
+     * terminal back either way. */
+    static const int signals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT,
+                                  SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGILL};
     for (size_t i = 0; i < ARRAY_SIZE(signals); i++) {
         struct sigaction old;
         /* Respect a handler the program already set (it must restore). */

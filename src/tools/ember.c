@@ -1,6 +1,7 @@
 /* ember: run one virtual machine. Parse the QEMU-style command line, build
  * the machine, run it, and exit with the status the guest decided (see
  * --help: 0 power-off/quit, 1 host error, 2 guest crash, N isa-debug-exit). */
+#include <signal.h>
 #include <stdlib.h>
 
 #include "cli/config.h"
@@ -13,6 +14,10 @@ static struct vm_config config;
 int main(int argc, char **argv)
 {
     log_set_prog("ember");
+    /* A reader that goes away (ember ... | head) must not kill the VM with
+     * the terminal still raw: writes then fail with EPIPE, and the character
+     * devices drop that output. */
+    signal(SIGPIPE, SIG_IGN);
     int ret = config_parse(argc, argv, &config);
     if (ret != 0) {
         config_free(&config);
