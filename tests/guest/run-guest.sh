@@ -108,25 +108,55 @@ make_blk_image() { # FILE [with-guest-writes]
     done
   fi
 }
-# With --disk-format qcow2 the guest's disk is a qcow2 made by qemu-img from
-# the raw pattern; afterwards qemu-img checks it and converts it back to
-# $tmp/disk.img for the same comparisons.
+# With --disk-format qcow2 the guest's disk is a qcow2 overlay (made by
+# qemu-img) whose backing file, named relative to the overlay, is a qcow2 of
+# the raw pattern. Afterwards the backing file must be byte-for-byte
+# untouched, the guest's writes must lie in the overlay itself, both images
+# must pass qemu-img check, and the chain is converted back to $tmp/disk.img
+# for the same comparisons as a raw disk.
 blk_device_args() {
   make_blk_image "$tmp/disk.img"
   local file=$tmp/disk.img
   if [ "$disk_format" = qcow2 ]; then
     command -v qemu-img >/dev/null || skip "qemu-img is not installed"
-    qemu-img convert -f raw -O qcow2 "$tmp/disk.img" "$tmp/disk.qcow2" ||
-      { echo "run-guest.sh: qemu-img convert failed" >&2; exit 1; }
+    qemu-img convert -f raw -O qcow2 "$tmp/disk.img" "$tmp/base.qcow2" &&
+      qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$tmp/disk.qcow2" ||
+      { echo "run-guest.sh: qemu-img could not make the qcow2 images" >&2; exit 1; }
+    sha256sum <"$tmp/base.qcow2" >"$tmp/base.sum"
     file=$tmp/disk.qcow2
   fi
   cmd+=(-drive "file=$file,format=$disk_format,if=none,id=disk0"
         -device "virtio-blk-pci,drive=disk0,serial=ember-guest-disk${blk_queues:+,num-queues=$blk_queues}$virtio_opts")
 }
+# Guest-written bytes [$1, $2) are stored in the overlay (depth 0 of its map).
+qcow2_overlay_holds() {
+  qemu-img map -f qcow2 --output=json "$tmp/disk.qcow2" | python3 -c '
+import json, sys
+lo, hi = int(sys.argv[1]), int(sys.argv[2])
+own = [(e["start"], e["start"] + e["length"]) for e in json.load(sys.stdin)
+       if e["depth"] == 0 and e["data"]]
+pos = lo
+for a, b in sorted(own):
+    if a <= pos < b:
+        pos = b
+sys.exit(0 if pos >= hi else 1)' "$1" "$2"
+}
 qcow2_back_to_raw() {
   [ "$disk_format" = qcow2 ] || return 0
-  if ! qemu-img check -f qcow2 "$tmp/disk.qcow2" >"$tmp/check" 2>&1; then
-    fail_reason="qemu-img check finds the qcow2 image damaged: $(tr '\n' ' ' <"$tmp/check" | head -c 300)"
+  local img
+  for img in base.qcow2 disk.qcow2; do
+    if ! qemu-img check -f qcow2 "$tmp/$img" >"$tmp/check" 2>&1; then
+      fail_reason="qemu-img check finds $img damaged: $(tr '\n' ' ' <"$tmp/check" | head -c 300)"
+      return 1
+    fi
+  done
+  if ! sha256sum <"$tmp/base.qcow2" | cmp -s - "$tmp/base.sum"; then
+    fail_reason="the backing file base.qcow2 was modified"
+    return 1
+  fi
+  if [ "${1:-}" = with-guest-writes ] &&
+     ! qcow2_overlay_holds $((blk_write_first * 512)) $(((blk_write_first + blk_write_count) * 512)); then
+    fail_reason="the guest's writes are not stored in the overlay: $(qemu-img map -f qcow2 "$tmp/disk.qcow2" | tr '\n' ' ' | head -c 300)"
     return 1
   fi
   qemu-img convert -f qcow2 -O raw "$tmp/disk.qcow2" "$tmp/disk.img" ||
@@ -180,6 +210,10 @@ case $guest in
   reset | poweroff)
     expect_status=0
     ;;
+  crash)
+    # ember: register dump and status 2; QEMU -no-reboot: a reset, status 0.
+    if $is_qemu; then expect_status=0; else expect_status=2; post_check=check_crash_dump; fi
+    ;;
 esac
 if [ -n "${mem_mib:-}" ]; then
   for ((i = 0; i < ${#cmd[@]}; i++)); do
@@ -197,7 +231,7 @@ check_serial_echo() {
   [ "$n" -eq 2 ] || { fail_reason="the guest echoed the sent line $n times, expected 2"; return 1; }
 }
 check_blk_image() {
-  qcow2_back_to_raw || return 1
+  qcow2_back_to_raw with-guest-writes || return 1
   make_blk_image "$tmp/expected.img" with-guest-writes
   if ! cmp "$tmp/disk.img" "$tmp/expected.img" >"$tmp/cmp" 2>&1; then
     fail_reason="disk image differs from the expected contents: $(head -c 200 "$tmp/cmp")"
@@ -214,6 +248,14 @@ check_console_file() {
       fail_reason="virtio-console output lacks the line \"$w\"; it holds: $(head -c 200 "$tmp/console.txt" 2>/dev/null | tr '\n' '|')"
       return 1
     fi
+  done
+}
+check_crash_dump() {
+  local w
+  for w in 'triple fault' 'rip=' 'cr0='; do
+    grep -qF "$w" "$tmp/err" && continue
+    fail_reason="the VMM's stderr lacks '$w' (expected a register dump)"
+    return 1
   done
 }
 check_blk_unchanged() {
