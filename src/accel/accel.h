@@ -89,6 +89,11 @@ struct accel_ops {
     const char *name; /* "kvm", "tcg" */
     /* Can this accelerator run here? On false, *why says why in one line. */
     bool (*available)(const char **why);
+    /* Optional (NULL = yes): can it run an unmodified OS kernel at a usable
+     * speed? False on hosts whose accelerator runs small guests but not a
+     * stock kernel (KVM on the PVM backend emulates guest ring 0); *why says
+     * why. Consulted only when the user did not choose the accelerator. */
+    bool (*runs_stock_kernels)(const char **why);
     /* Prints its own message on failure. */
     int (*create)(const struct accel_config *cfg, struct accel **out);
     void (*destroy)(struct accel *a);

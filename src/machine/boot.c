@@ -177,6 +177,18 @@ static bool image_is_bzimage(const struct boot_image *img)
     return img->size >= 0x206 && memcmp(img->data + 0x202, "HdrS", 4) == 0;
 }
 
+bool boot_kernel_is_bzimage(const char *path)
+{
+    uint8_t head[0x206];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    int ret = pread_full(fd, head, sizeof(head), 0);
+    close(fd);
+    struct boot_image img = {.path = path, .data = head, .size = sizeof(head)};
+    return ret >= 0 && image_is_bzimage(&img);
+}
+
 int boot_load_kernel(const struct boot_config *bc, const struct guest_mem *mem, struct cpu_state *bsp)
 {
     if (!bc->kernel)

@@ -19,6 +19,7 @@
 #ifndef EMBER_MACHINE_BOOT_H
 #define EMBER_MACHINE_BOOT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "accel/accel.h" /* struct cpu_state */
@@ -35,6 +36,10 @@ struct boot_config {
    cmdline, initrd, e820/memmap, GDT and (for 64-bit entry) identity page tables;
    fill *bsp with the entry state. Prints one line naming the file on failure. */
 int boot_load_kernel(const struct boot_config *bc, const struct guest_mem *mem, struct cpu_state *bsp);
+
+/* Is path a Linux bzImage (the "HdrS" setup header)? False when it is not,
+ * or cannot be read (boot_load_kernel() reports that). */
+bool boot_kernel_is_bzimage(const char *path);
 
 struct firmware_config {
     unsigned nr_cpus;

@@ -265,6 +265,15 @@ static int machine_pick_accel(struct machine *m)
             last_name = name;
             continue;
         }
+        /* Only a choice ember made itself is second-guessed: -accel kvm
+         * still gets KVM. */
+        if (defaulted && ops->runs_stock_kernels && !ops->runs_stock_kernels(&why) &&
+            boot_kernel_is_bzimage(m->cfg->kernel)) {
+            log_info("%s; falling back to the tcg software CPU (-accel kvm forces KVM)", why);
+            last_why = why;
+            last_name = name;
+            continue;
+        }
         m->ops = ops;
         free(copy);
         return 0;

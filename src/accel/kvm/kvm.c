@@ -74,6 +74,20 @@ static bool kvm_available(const char **why)
     return ok;
 }
 
+/* KVM's PVM backend (module kvm_pvm) runs a guest's kernel in host user
+ * mode and emulates its privileged instructions: fine for small guests, but
+ * a stock Linux kernel does not get through early boot at that speed. The
+ * KVM API looks the same, so the loaded module is the only tell. */
+static bool kvm_runs_stock_kernels(const char **why)
+{
+    if (access("/sys/module/kvm_pvm", F_OK) != 0)
+        return true;
+    if (why)
+        *why = "KVM here is the PVM backend (kvm_pvm), which emulates guest ring 0 too slowly "
+               "for a stock Linux kernel";
+    return false;
+}
+
 /* --- interrupts --------------------------------------------------------- */
 
 static void kvm_irq_set_level(void *opaque, unsigned gsi, bool level)
@@ -321,6 +335,7 @@ static int kvm_del_ioeventfd(struct accel *a, bool pio, uint64_t addr, unsigned 
 const struct accel_ops accel_kvm_ops = {
     .name = "kvm",
     .available = kvm_available,
+    .runs_stock_kernels = kvm_runs_stock_kernels,
     .create = kvm_create,
     .destroy = kvm_destroy,
     .map_ram = kvm_map_ram,
