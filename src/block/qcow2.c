@@ -1504,8 +1504,13 @@ static int check_l1(struct check_ctx *c, const uint64_t *l1, uint64_t l1_size, b
                 continue;
             }
             uint64_t host = l2e & L2E_OFFSET_MASK;
-            if ((l2e & reserved) || (host & (q->cs - 1)) ||
-                (q->ext_l2 && ((bm & (bm >> 32)) & 0xffffffffu))) {
+            if (host & (q->cs - 1)) {
+                /* Counted all the same, over the cluster-sized range it names
+                 * (as qemu-img does, so both report the same overlaps). */
+                check_say(c, "ERROR offset=%llx: Data cluster is not properly aligned; L2 entry "
+                          "corrupted.\n", (unsigned long long)host);
+                c->res->corruptions++;
+            } else if ((l2e & reserved) || (q->ext_l2 && ((bm & (bm >> 32)) & 0xffffffffu))) {
                 check_say(c, "ERROR invalid L2 entry 0x%llx (table %llu, index %llu)\n",
                         (unsigned long long)l2e, (unsigned long long)i, (unsigned long long)j);
                 c->res->corruptions++;
@@ -1568,6 +1573,19 @@ static int check_snapshots(struct check_ctx *c)
     return 0;
 }
 
+/* Each refcount block must be referenced exactly once: by the table. */
+static void check_refblock_refs(struct check_ctx *c)
+{
+    struct qcow2 *q = c->q;
+    for (uint64_t r = 0; r < q->reftable_entries; r++) {
+        uint64_t off = q->reftable[r] & REFT_OFFSET_MASK, k = off / q->cs;
+        if (!off || (off & (q->cs - 1)) || k >= c->nclusters || c->ref[k] == 1)
+            continue;
+        check_say(c, "ERROR refcount block %llu refcount=%u\n", (unsigned long long)r, c->ref[k]);
+        c->res->corruptions++;
+    }
+}
+
 /* COPIED flags of the active tables must say "stored refcount is exactly 1"
  * (qemu-img counts each mismatch as a corruption, repaired with -r all). */
 static void check_copied_flag(struct check_ctx *c, uint64_t entry, uint64_t host, bool fix,
@@ -1603,7 +1621,7 @@ static void check_copied_flags(struct check_ctx *c, int fix_flags)
     uint64_t fixed;
     for (uint64_t i = 0; i < q->h.l1_size; i++) {
         uint64_t e = q->l1[i], toff = e & L1E_OFFSET_MASK;
-        if (!toff || (e & L1E_RESERVED) || (toff & (q->cs - 1)) || toff >= q->file_size)
+        if (!toff || (e & L1E_RESERVED) || (toff & (q->cs - 1)))
             continue;
         check_copied_flag(c, e, toff, fix, "L2 cluster", i, &repair, &fixed);
         if (repair) {
@@ -1613,6 +1631,8 @@ static void check_copied_flags(struct check_ctx *c, int fix_flags)
             else
                 c->res->check_errors++;
         }
+        if (toff >= q->file_size)
+            continue; /* reported while counting */
         if (q_pread(q, c->l2buf, q->cs, toff) < 0) {
             c->res->check_errors++;
             continue;
@@ -1621,8 +1641,7 @@ static void check_copied_flags(struct check_ctx *c, int fix_flags)
         for (uint64_t j = 0; j < (1ULL << q->l2_bits); j++) {
             uint8_t *p = c->l2buf + j * q->l2_esz;
             uint64_t l2e = be64toh(ld64(p)), host = l2e & L2E_OFFSET_MASK;
-            if ((l2e & OFLAG_COMPRESSED) || !host || (host & (q->cs - 1)) ||
-                host >= q->file_size)
+            if ((l2e & OFLAG_COMPRESSED) || !host || (host & (q->cs - 1)))
                 continue;
             check_copied_flag(c, l2e, host, fix, "data cluster", l2e, &repair, &fixed);
             if (repair) {
@@ -1669,6 +1688,7 @@ static int check_locked(struct qcow2 *q, int fix, struct qcow2_check_result *res
         check_ref(&c, off, q->cs, "refcount block");
     }
     check_snapshots(&c);
+    check_refblock_refs(&c);
 
     /* Compare stored and counted refcounts, one refcount block at a time. */
     uint8_t *seen = xzalloc(c.nclusters);

@@ -1480,8 +1480,8 @@ static int map_one(struct block_dev *bd, uint64_t off, uint64_t len, int depth, 
     e->zero = (st & BLOCK_STATUS_ZERO) != 0;
     e->data = (st & BLOCK_STATUS_DATA) != 0;
     e->has_offset = false;
-    if (!q && e->data) {
-        e->has_offset = true;
+    if (!q) {
+        e->has_offset = true; /* raw: guest offset = file offset, holes included */
         e->offset = off;
     } else if (q && host) {
         e->has_offset = true;
@@ -1585,6 +1585,20 @@ static int cmd_map(int argc, char **argv)
 
 /* ------------------------------------------------------------------ compare */
 
+/* Status of the run at off through the whole backing chain: ALLOCATED when
+ * some image of the chain decides it (qemu's block status "above"). */
+static int chain_status(struct block_dev *bd, uint64_t off, uint64_t len, uint64_t *pnum,
+                        unsigned *status)
+{
+    int ret = block_status(bd, off, len, pnum, status);
+    if (ret < 0 || (*status & BLOCK_STATUS_ALLOCATED))
+        return ret;
+    struct block_dev *below = block_backing(bd);
+    if (below && off < block_length(below))
+        return chain_status(below, off, MIN(*pnum, block_length(below) - off), pnum, status);
+    return 0;
+}
+
 static int cmd_compare(int argc, char **argv)
 {
     const char *fmt1 = NULL, *fmt2 = NULL;
@@ -1629,15 +1643,25 @@ static int cmd_compare(int argc, char **argv)
         if (off < common)
             n = MIN(n, common - off);
         if (off < common) {
-            /* Ranges both images know to be zero need not be read. */
             uint64_t pa, pb;
             unsigned sa, sb;
-            if (block_status(a, off, n, &pa, &sa) == 0 && block_status(b, off, n, &pb, &sb) == 0 &&
-                (sa & BLOCK_STATUS_ZERO) && !(sa & BLOCK_STATUS_DATA) &&
-                (sb & BLOCK_STATUS_ZERO) && !(sb & BLOCK_STATUS_DATA)) {
-                off += MIN(pa, pb);
-                progress(show && !quiet, off, MAX(la, lb));
-                continue;
+            if (chain_status(a, off, n, &pa, &sa) == 0 && chain_status(b, off, n, &pb, &sb) == 0) {
+                n = MIN(pa, pb);
+                if (strict && sa != sb) {
+                    /* Like qemu-img -s: allocation must match, not just content. */
+                    if (!quiet)
+                        printf("Strict mode: Offset %llu block status mismatch!\n",
+                               (unsigned long long)off);
+                    rc = 1;
+                    break;
+                }
+                /* Ranges both images know to be zero need not be read. */
+                if ((sa & BLOCK_STATUS_ZERO) && !(sa & BLOCK_STATUS_DATA) &&
+                    (sb & BLOCK_STATUS_ZERO) && !(sb & BLOCK_STATUS_DATA)) {
+                    off += n;
+                    progress(show && !quiet, off, MAX(la, lb));
+                    continue;
+                }
             }
         }
         int ret = 0;

@@ -296,8 +296,10 @@ qemu-img compare -q other.raw snap.qcow2 || fail "content after writing over a s
 $E info --output=json snap.qcow2 > ours.json && qemu-img info --output=json snap.qcow2 > qemu.json
 json_same ours.json qemu.json actual-size || fail "info json with snapshots"
 [ "$($E snapshot -l snap.qcow2)" = "$(qemu-img snapshot -l snap.qcow2)" ] || fail "snapshot -l"
-qemu-img snapshot -a s1 snap.qcow2 && qemu-img compare -q src.raw snap.qcow2 ||
-    fail "snapshot content damaged by writes"
+readback snap.qcow2 "image with an internal snapshot"
+run $E snapshot -a s1 snap.qcow2
+qemu-img check -q snap.qcow2 || fail "check after ember applied a qemu-img snapshot"
+qemu-img compare -q src.raw snap.qcow2 || fail "snapshot content damaged by writes"
 
 # Snapshots ember-img makes, applies and deletes; qemu-img checks and applies them.
 qemu-img convert -O qcow2 -o cluster_size=4k src.raw es.qcow2
@@ -315,6 +317,51 @@ qemu-img snapshot -a second es.qcow2 && qemu-img compare -q other.raw es.qcow2 |
 $E snapshot -c second es.qcow2 2>/dev/null && fail "duplicate snapshot name accepted"
 $E check --output=json es.qcow2 > ours.json && qemu-img check --output=json es.qcow2 > qemu.json
 json_same ours.json qemu.json || fail "check json with snapshots"
+
+# 6b. check on damaged images finds what qemu-img finds: same exit code and
+# the same corruption/leak counts (4 KiB clusters: header, refcount table,
+# refcount block, L1, first L2 table at 16 KiB).
+qemu-img convert -O qcow2 -o cluster_size=4k src.raw d.qcow2
+check_parity() { # LABEL PYTHON-DAMAGE (f: the image opened r+b)
+    cp d.qcow2 x.qcow2
+    python3 -c "import struct; f=open('x.qcow2','r+b'); $2"
+    $E check --output=json x.qcow2 >ours.json 2>err.txt; er=$?
+    if crashed $er; then fail "check crashed on $1"; return; fi
+    qemu-img check --output=json x.qcow2 >qemu.json 2>/dev/null; qr=$?
+    [ $er = $qr ] || fail "check exit code on $1: ours $er, qemu-img $qr"
+    [ $qr = 1 ] || json_same ours.json qemu.json || fail "check counts on $1"
+}
+L2=16384
+check_parity "two L2 entries share a data cluster" "f.seek($L2+8); e=f.read(8); f.seek($L2+16); f.write(e)"
+check_parity "data cluster on the refcount block" "f.seek($L2); f.write(struct.pack('>Q', (1<<63)|8192))"
+check_parity "data cluster past EOF" "f.seek($L2); f.write(struct.pack('>Q', (1<<63)|(1<<30)))"
+check_parity "unaligned data cluster" "f.seek($L2); f.write(struct.pack('>Q', (1<<63)|(20480+512)))"
+check_parity "L2 table past EOF" "f.seek(12288); f.write(struct.pack('>Q', (1<<63)|(1<<30)))"
+check_parity "L1 entry on the L1 table" "f.seek(12288); f.write(struct.pack('>Q', (1<<63)|12288))"
+check_parity "refcount block past EOF" "f.seek(4096); f.write(struct.pack('>Q', 1<<30))"
+check_parity "refcount block unaligned" "f.seek(4096); f.write(struct.pack('>Q', 8192+512))"
+check_parity "refcount block zeroed" "f.seek(8192); f.write(bytes(4096))"
+check_parity "file truncated" "f.truncate(1500000)"
+check_parity "COPIED flag cleared" "f.seek($L2); e=struct.unpack('>Q',f.read(8))[0]; f.seek($L2); f.write(struct.pack('>Q', e & ~(1<<63)))"
+
+# compare -s: allocation must match too, as qemu-img's strict mode.
+qemu-img convert -O qcow2 src.raw s1.qcow2 && cp s1.qcow2 s2.qcow2
+qemu-io -c 'write -z 64k 64k' s1.qcow2 >/dev/null && qemu-io -c 'write -P 0 64k 64k' s2.qcow2 >/dev/null
+truncate -s 3M holes.raw && qemu-img create -q -f qcow2 h.qcow2 3M
+for pair in "s1.qcow2 s2.qcow2" "holes.raw h.qcow2" "src.raw m.qcow2" "s2.qcow2 s2.qcow2"; do
+    $E compare -q -s $pair; er=$?
+    qemu-img compare -q -s $pair; qr=$?
+    [ $er = $qr ] || fail "compare -s $pair: ours $er, qemu-img $qr"
+done
+
+# map of a sparse raw file, and unknown incompatible feature bits.
+cp src.raw sparse.raw && truncate -s 8M sparse.raw
+$E map --output=json sparse.raw > ours.json && qemu-img map -f raw --output=json sparse.raw > qemu.json
+json_same ours.json qemu.json || fail "map json of a sparse raw file"
+qemu-img create -q -f qcow2 feat.qcow2 1M
+python3 -c "f=open('feat.qcow2','r+b'); f.seek(72); f.write((1<<40).to_bytes(8,'big'))"
+$E info feat.qcow2 >/dev/null 2>err.txt && fail "unknown incompatible feature accepted"
+grep -q 'feat.qcow2.*bit 40' err.txt || fail "unknown feature message: $(cat err.txt)"
 
 # 7. Damaged images: one clear line, non-zero exit, no crash.
 damage() { # damage LABEL OFFSET BYTES-AS-PYTHON-LITERAL
