@@ -209,6 +209,14 @@ case $guest in
     ;;
   reset | poweroff)
     expect_status=0
+    if [[ " $append_extra " == *" reboots="* ]]; then
+      # The machine must reboot: no -no-reboot; the last boot passes via isa-debug-exit.
+      expect_status=33
+      for ((i = 0; i < ${#cmd[@]}; i++)); do
+        [ "${cmd[i]}" = -no-reboot ] && unset 'cmd[i]'
+      done
+      cmd=("${cmd[@]}")
+    fi
     ;;
   crash)
     # ember: register dump and status 2; QEMU -no-reboot: a reset, status 0.
