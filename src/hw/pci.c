@@ -17,6 +17,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 /* Type-0 header offsets and bits. */
 #define PCI_VENDOR_ID 0x00
@@ -74,11 +76,22 @@ struct pci_bar {
     uint64_t mapped_addr;
 };
 
+/* A vector's irqfd: an eventfd bound by the irq sink to the vector's
+ * message, created on the vector's first delivery. */
+struct msix_route {
+    int fd;      /* -1: none yet */
+    int route;   /* the sink's route id, valid when fd >= 0 */
+    uint64_t addr;
+    uint32_t data;
+    bool refused; /* the sink has no route for it: use send_msi */
+};
+
 struct pci_msix {
     unsigned nr, bar, cap;
     uint64_t table_off, pba_off, pba_len;
     uint8_t *table;    /* nr * 16 bytes, guest-visible layout */
     uint64_t *pending; /* pba_len bytes */
+    struct msix_route *routes; /* nr entries */
 };
 
 struct pci_device {
@@ -279,12 +292,60 @@ static void msix_set_pending(struct pci_device *d, unsigned v, bool on)
         d->msix.pending[v / 64] &= ~(1ULL << (v % 64));
 }
 
+/* Deliver vector v's message through its irqfd, binding one first (or
+ * rebinding it when the guest changed the message). Returns false when the
+ * sink offers no route for it; the caller then sends the MSI itself. Masking
+ * stays here, in the PCI model: a masked vector never reaches this. */
+static bool msix_send_irqfd(struct pci_device *d, unsigned v, uint64_t addr, uint32_t data)
+{
+    const struct irq_sink *sink = d->bus->irq;
+    struct msix_route *r = &d->msix.routes[v];
+    if (r->refused || !sink->msi_route_add || !sink->msi_route_update || !sink->msi_route_del)
+        return false;
+    if (r->fd < 0) {
+        int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        int route = fd < 0 ? -errno : sink->msi_route_add(sink->opaque, addr, data, fd);
+        if (route < 0) {
+            if (fd >= 0)
+                close(fd);
+            r->refused = true;
+            log_debug("%s: MSI-X vector %u: no irqfd (%s); using direct MSIs", d->name, v,
+                      strerror(-route));
+            return false;
+        }
+        *r = (struct msix_route){.fd = fd, .route = route, .addr = addr, .data = data};
+    } else if (r->addr != addr || r->data != data) {
+        if (sink->msi_route_update(sink->opaque, r->route, addr, data) < 0)
+            return false; /* this message goes directly; the next try updates again */
+        r->addr = addr;
+        r->data = data;
+    }
+    uint64_t one = 1;
+    return write(r->fd, &one, sizeof(one)) == sizeof(one);
+}
+
+/* Unbind every vector's irqfd (device reset: the next machine starts clean). */
+static void msix_drop_routes(struct pci_device *d)
+{
+    const struct irq_sink *sink = d->bus->irq;
+    for (unsigned v = 0; v < d->msix.nr; v++) {
+        struct msix_route *r = &d->msix.routes[v];
+        if (r->fd >= 0) {
+            sink->msi_route_del(sink->opaque, r->route);
+            close(r->fd);
+        }
+        *r = (struct msix_route){.fd = -1, .route = -1};
+    }
+}
+
 /* Device lock held. The irq sink never calls back into devices. */
 static void msix_send(struct pci_device *d, unsigned v)
 {
     const uint8_t *e = &d->msix.table[v * MSIX_ENTRY_SIZE];
     uint64_t addr = ld32(e) | ((uint64_t)ld32(e + 4) << 32);
-    irq_send_msi(d->bus->irq, addr, ld32(e + 8));
+    uint32_t data = ld32(e + 8);
+    if (!msix_send_irqfd(d, v, addr, data))
+        irq_send_msi(d->bus->irq, addr, data);
 }
 
 /* Deliver every pending vector that is no longer masked. */
@@ -706,8 +767,11 @@ static void device_destroy(struct pci_device *d)
     bars_unmap_all(d);
     d->intx_level = false;
     intx_update(d);
+    if (d->has_msix)
+        msix_drop_routes(d);
     pthread_mutex_unlock(&d->lock);
     d->bus->slots[d->slot] = NULL;
+    free(d->msix.routes);
     free(d->msix.table);
     free(d->msix.pending);
     free(d->name);
@@ -843,6 +907,9 @@ int pci_device_init_msix(struct pci_device *d, unsigned nr_vectors, unsigned bar
     d->msix.pba_len = pba_len;
     d->msix.table = xzalloc(table_len);
     d->msix.pending = xzalloc(pba_len);
+    d->msix.routes = xcalloc(nr_vectors, sizeof(*d->msix.routes));
+    for (unsigned v = 0; v < nr_vectors; v++)
+        d->msix.routes[v] = (struct msix_route){.fd = -1, .route = -1};
     for (unsigned v = 0; v < nr_vectors; v++)
         d->msix.table[v * MSIX_ENTRY_SIZE + MSIX_VECTOR_CTRL] = 1; /* masked */
     d->has_msix = true;
@@ -1006,6 +1073,7 @@ static void device_reset(struct pci_device *d)
         for (unsigned v = 0; v < d->msix.nr; v++)
             d->msix.table[v * MSIX_ENTRY_SIZE + MSIX_VECTOR_CTRL] = 1;
         memset(d->msix.pending, 0, d->msix.pba_len);
+        msix_drop_routes(d);
     }
     d->intx_level = false;
     intx_update(d);

@@ -188,6 +188,35 @@ static void machine_irq_send_msi(void *opaque, uint64_t addr, uint32_t data)
         s->send_msi(s->opaque, addr, data);
 }
 
+/* MSI routes (irqfds) go to the current VM. They never need replaying onto
+ * a rebuilt one: devices drop them in their reset, which machine_reset()
+ * runs before it replaces the accelerator. */
+static int machine_msi_route_add(void *opaque, uint64_t addr, uint32_t data, int fd)
+{
+    struct machine *m = opaque;
+    const struct irq_sink *s = atomic_load(&m->accel_irq);
+    if (!s || !s->msi_route_add)
+        return -EOPNOTSUPP;
+    return s->msi_route_add(s->opaque, addr, data, fd);
+}
+
+static int machine_msi_route_update(void *opaque, int route, uint64_t addr, uint32_t data)
+{
+    struct machine *m = opaque;
+    const struct irq_sink *s = atomic_load(&m->accel_irq);
+    if (!s || !s->msi_route_update)
+        return -EOPNOTSUPP;
+    return s->msi_route_update(s->opaque, route, addr, data);
+}
+
+static void machine_msi_route_del(void *opaque, int route)
+{
+    struct machine *m = opaque;
+    const struct irq_sink *s = atomic_load(&m->accel_irq);
+    if (s && s->msi_route_del)
+        s->msi_route_del(s->opaque, route);
+}
+
 static int machine_add_ioeventfd(void *opaque, bool pio, uint64_t addr, unsigned len, int fd)
 {
     struct machine *m = opaque;
@@ -628,7 +657,10 @@ static struct machine *machine_alloc(const struct vm_config *cfg)
     m->mmio = bus_new("mmio");
     m->vmctl = (struct vm_control){.opaque = m, .request = machine_vm_request};
     m->irq = (struct irq_sink){.opaque = m, .set_level = machine_irq_set_level,
-                               .send_msi = machine_irq_send_msi};
+                               .send_msi = machine_irq_send_msi,
+                               .msi_route_add = machine_msi_route_add,
+                               .msi_route_update = machine_msi_route_update,
+                               .msi_route_del = machine_msi_route_del};
     m->threads = xcalloc(cfg->nr_cpus, sizeof(*m->threads));
     machine_current = m;
     return m;

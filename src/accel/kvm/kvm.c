@@ -114,6 +114,114 @@ static void kvm_irq_send_msi(void *opaque, uint64_t addr, uint32_t data)
 
 static const struct irq_sink *kvm_irq_sink(struct accel *a) { return &a->irq; }
 
+static unsigned kvm_msi_route_gsi(unsigned i) { return LAYOUT_IOAPIC_PINS + i; }
+
+/* Hand KVM the whole table: the irqchip entries, then every MSI route.
+ * route_lock held (or the VM not yet shared). */
+static int kvm_commit_routes(struct accel *a)
+{
+    struct kvm_irq_routing *r = a->routing;
+    unsigned n = a->nr_chip_routes;
+    for (unsigned i = 0; i < KVM_MAX_MSI_ROUTES; i++) {
+        const struct kvm_msi_route *m = &a->msi[i];
+        if (!m->used)
+            continue;
+        r->entries[n++] = (struct kvm_irq_routing_entry){
+            .gsi = kvm_msi_route_gsi(i),
+            .type = KVM_IRQ_ROUTING_MSI,
+            .u.msi = {.address_lo = (uint32_t)m->addr, .address_hi = (uint32_t)(m->addr >> 32),
+                      .data = m->data},
+        };
+    }
+    r->nr = n;
+    r->flags = 0;
+    if (ioctl(a->vm_fd, KVM_SET_GSI_ROUTING, r) < 0)
+        return log_fail(-errno, "kvm: KVM_SET_GSI_ROUTING failed: %s", strerror(errno));
+    return 0;
+}
+
+static int kvm_irqfd(struct accel *a, int fd, unsigned gsi, bool assign)
+{
+    struct kvm_irqfd req = {.fd = (uint32_t)fd, .gsi = gsi,
+                            .flags = assign ? 0 : KVM_IRQFD_FLAG_DEASSIGN};
+    if (ioctl(a->vm_fd, KVM_IRQFD, &req) < 0)
+        return -errno;
+    return 0;
+}
+
+/* Bind fd to the MSI (addr, data): a route on a GSI of its own, and an
+ * irqfd on that GSI. */
+static int kvm_msi_route_add(void *opaque, uint64_t addr, uint32_t data, int fd)
+{
+    struct accel *a = opaque;
+    if (!a->has_irqfd)
+        return -EOPNOTSUPP;
+    pthread_mutex_lock(&a->route_lock);
+    int ret = -ENOSPC;
+    unsigned i = 0;
+    for (; i < KVM_MAX_MSI_ROUTES && kvm_msi_route_gsi(i) < a->max_routes; i++) {
+        if (!a->msi[i].used)
+            break;
+    }
+    if (i < KVM_MAX_MSI_ROUTES && kvm_msi_route_gsi(i) < a->max_routes) {
+        a->msi[i] = (struct kvm_msi_route){.used = true, .fd = fd, .addr = addr, .data = data};
+        ret = kvm_commit_routes(a);
+        if (!ret)
+            ret = kvm_irqfd(a, fd, kvm_msi_route_gsi(i), true);
+        if (ret) {
+            a->msi[i].used = false;
+            kvm_commit_routes(a);
+        } else {
+            ret = (int)i;
+            log_debug("kvm: irqfd %d -> GSI %u (MSI %#llx/%#x)", fd, kvm_msi_route_gsi(i),
+                      (unsigned long long)addr, data);
+        }
+    }
+    pthread_mutex_unlock(&a->route_lock);
+    return ret;
+}
+
+static int kvm_msi_route_update(void *opaque, int route, uint64_t addr, uint32_t data)
+{
+    struct accel *a = opaque;
+    if (route < 0 || route >= KVM_MAX_MSI_ROUTES)
+        return -EINVAL;
+    pthread_mutex_lock(&a->route_lock);
+    int ret = -EINVAL;
+    struct kvm_msi_route *m = &a->msi[route];
+    if (m->used) {
+        uint64_t old_addr = m->addr;
+        uint32_t old_data = m->data;
+        m->addr = addr;
+        m->data = data;
+        ret = kvm_commit_routes(a);
+        if (ret) {
+            m->addr = old_addr;
+            m->data = old_data;
+        }
+    }
+    pthread_mutex_unlock(&a->route_lock);
+    return ret;
+}
+
+static void kvm_msi_route_del(void *opaque, int route)
+{
+    struct accel *a = opaque;
+    if (route < 0 || route >= KVM_MAX_MSI_ROUTES)
+        return;
+    pthread_mutex_lock(&a->route_lock);
+    struct kvm_msi_route *m = &a->msi[route];
+    if (m->used) {
+        int err = kvm_irqfd(a, m->fd, kvm_msi_route_gsi((unsigned)route), false);
+        if (err)
+            log_warn("kvm: removing irqfd from GSI %u failed: %s",
+                     kvm_msi_route_gsi((unsigned)route), strerror(-err));
+        m->used = false;
+        kvm_commit_routes(a);
+    }
+    pthread_mutex_unlock(&a->route_lock);
+}
+
 /* The PC's GSI routing, as QEMU sets it up and as our MP/ACPI tables describe:
  * ISA IRQ 0 (the PIT) reaches IOAPIC pin 2 (interrupt source override),
  * IRQs 1-15 reach the same-numbered PIC input and IOAPIC pin, 16-23 the
@@ -121,9 +229,10 @@ static const struct irq_sink *kvm_irq_sink(struct accel *a) { return &a->irq; }
  * default would send IRQ 0 to IOAPIC pin 0, contradicting the tables. */
 static int kvm_setup_gsi_routing(struct accel *a)
 {
-    const unsigned max_entries = 16 + LAYOUT_IOAPIC_PINS;
+    const unsigned max_entries = 16 + LAYOUT_IOAPIC_PINS + KVM_MAX_MSI_ROUTES;
     struct kvm_irq_routing *r =
         xzalloc(sizeof(*r) + max_entries * sizeof(struct kvm_irq_routing_entry));
+    a->routing = r;
     unsigned n = 0;
     for (unsigned gsi = 0; gsi < 16; gsi++) {
         if (gsi == 2)
@@ -143,12 +252,8 @@ static int kvm_setup_gsi_routing(struct accel *a)
         e->u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
         e->u.irqchip.pin = gsi == 0 ? 2 : gsi;
     }
-    r->nr = n;
-    int ret = ioctl(a->vm_fd, KVM_SET_GSI_ROUTING, r);
-    free(r);
-    if (ret < 0)
-        return log_fail(-errno, "kvm: KVM_SET_GSI_ROUTING failed: %s", strerror(errno));
-    return 0;
+    a->nr_chip_routes = n;
+    return kvm_commit_routes(a);
 }
 
 /* --- VM ----------------------------------------------------------------- */
@@ -239,6 +344,8 @@ static void kvm_destroy(struct accel *a)
     if (a->kvm_fd >= 0)
         close(a->kvm_fd);
     free(a->cpuid);
+    free(a->routing);
+    pthread_mutex_destroy(&a->route_lock);
     free(a);
 }
 
@@ -249,7 +356,11 @@ static int kvm_create(const struct accel_config *cfg, struct accel **out)
     a->vm_fd = -1;
     a->cfg = *cfg;
     a->irq = (struct irq_sink){.opaque = a, .set_level = kvm_irq_set_level,
-                               .send_msi = kvm_irq_send_msi};
+                               .send_msi = kvm_irq_send_msi,
+                               .msi_route_add = kvm_msi_route_add,
+                               .msi_route_update = kvm_msi_route_update,
+                               .msi_route_del = kvm_msi_route_del};
+    pthread_mutex_init(&a->route_lock, NULL);
     int ret;
     a->kvm_fd = kvm_open_dev(&why);
     if (a->kvm_fd < 0) {
@@ -268,6 +379,11 @@ static int kvm_create(const struct accel_config *cfg, struct accel **out)
                        cfg->nr_vcpus, max_vcpus);
         goto fail;
     }
+    /* irqfds for MSI-X need both; without them MSIs go through KVM_SIGNAL_MSI. */
+    int max_routes = ioctl(a->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IRQ_ROUTING);
+    a->max_routes = max_routes > 0 ? (unsigned)max_routes : 0;
+    a->has_irqfd = ioctl(a->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IRQFD) > 0 &&
+                   a->max_routes > LAYOUT_IOAPIC_PINS;
     a->run_size = ioctl(a->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
     if (a->run_size < (int)sizeof(struct kvm_run)) {
         ret = log_fail(-EIO, "kvm: KVM_GET_VCPU_MMAP_SIZE returned %d", a->run_size);

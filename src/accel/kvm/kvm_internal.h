@@ -13,6 +13,16 @@
 #define KVM_TSS_ADDR 0xfffbd000UL
 #define KVM_IDENTITY_MAP_ADDR 0xfeffc000ULL
 
+/* MSI routes (irqfds) take the GSIs after the IOAPIC's pins. */
+#define KVM_MAX_MSI_ROUTES 512
+
+struct kvm_msi_route {
+    bool used;
+    int fd;
+    uint64_t addr;
+    uint32_t data;
+};
+
 struct accel {
     int kvm_fd;
     int vm_fd;
@@ -21,6 +31,13 @@ struct accel {
     struct irq_sink irq;
     unsigned nr_slots;         /* memory slots used */
     struct kvm_cpuid2 *cpuid;  /* KVM_GET_SUPPORTED_CPUID, fetched once */
+    /* GSI routing: the PC's fixed irqchip entries plus the MSI routes. */
+    bool has_irqfd;
+    unsigned max_routes;       /* KVM_CAP_IRQ_ROUTING */
+    pthread_mutex_t route_lock;
+    struct kvm_irq_routing *routing; /* scratch for KVM_SET_GSI_ROUTING */
+    unsigned nr_chip_routes;   /* entries [0, n) of routing are the irqchip's */
+    struct kvm_msi_route msi[KVM_MAX_MSI_ROUTES];
 };
 
 struct vcpu {

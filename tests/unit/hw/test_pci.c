@@ -1,5 +1,6 @@
 /* PCI: config mechanism #1 and ECAM agree, BAR sizing and moves (bus
- * dispatch follows), capability chain, MSI-X masking/pending, INTx, and
+ * dispatch follows), capability chain, MSI-X masking/pending and irqfd
+ * routes, INTx, and
  * the 0xcf9 reset register sharing the 0xcf8 dword. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,6 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fakes.h"
 #include "hw/acpi_pm.h"
@@ -331,6 +333,116 @@ static void test_msix(void **state)
     assert_int_equal(mmio_read32(f, table + 16 + 12), 1);
 }
 
+/* A sink with MSI routes, like KVM's irqfds: records what the PCI layer asks. */
+struct fake_routes {
+    unsigned adds, updates, dels;
+    int fail_add; /* -errno to refuse */
+    int fd, route, deleted;
+    uint64_t addr;
+    uint32_t data;
+};
+static struct fake_routes routes;
+
+static int fake_route_add(void *opaque, uint64_t addr, uint32_t data, int fd)
+{
+    routes.adds++;
+    if (routes.fail_add)
+        return routes.fail_add;
+    routes.fd = fd;
+    routes.addr = addr;
+    routes.data = data;
+    return routes.route = 7;
+}
+
+static int fake_route_update(void *opaque, int route, uint64_t addr, uint32_t data)
+{
+    routes.updates++;
+    assert_int_equal(route, routes.route);
+    routes.addr = addr;
+    routes.data = data;
+    return 0;
+}
+
+static void fake_route_del(void *opaque, int route)
+{
+    routes.dels++;
+    routes.deleted = route;
+}
+
+/* How many times the vector's eventfd was signalled since the last look. */
+static uint64_t fd_signals(int fd)
+{
+    uint64_t n = 0;
+    return read(fd, &n, sizeof(n)) == sizeof(n) ? n : 0;
+}
+
+static void program_vector1(struct fixture *f, uint64_t table, uint32_t data)
+{
+    mmio_write32(f, table + 16 + 0, 0xfee00000);
+    mmio_write32(f, table + 16 + 4, 0);
+    mmio_write32(f, table + 16 + 8, data);
+}
+
+static void test_msix_irqfd(void **state)
+{
+    struct fixture *f = *state;
+    memset(&routes, 0, sizeof(routes));
+    f->irq.sink.msi_route_add = fake_route_add;
+    f->irq.sink.msi_route_update = fake_route_update;
+    f->irq.sink.msi_route_del = fake_route_del;
+    uint64_t table = pci_device_bar_addr(f->dev, 2), pba = table + 0x800;
+    unsigned cap = 0x50;
+    ecam_write(f, 1, cap + 2, 0x8000, 2);
+    program_vector1(f, table, 0x4041);
+    mmio_write32(f, table + 16 + 12, 0); /* unmask */
+
+    /* First delivery binds an eventfd to the vector's message and signals it. */
+    pci_msix_notify(f->dev, 1);
+    assert_int_equal(routes.adds, 1);
+    assert_int_equal(routes.addr, 0xfee00000);
+    assert_int_equal(routes.data, 0x4041);
+    assert_true(routes.fd >= 0);
+    assert_int_equal(fd_signals(routes.fd), 1);
+    assert_int_equal(f->irq.nr_msi, 0);
+    pci_msix_notify(f->dev, 1);
+    pci_msix_notify(f->dev, 1);
+    assert_int_equal(routes.adds, 1);
+    assert_int_equal(fd_signals(routes.fd), 2);
+
+    /* The guest retargets the vector: the route follows before the signal. */
+    program_vector1(f, table, 0x4052);
+    pci_msix_notify(f->dev, 1);
+    assert_int_equal(routes.updates, 1);
+    assert_int_equal(routes.data, 0x4052);
+    assert_int_equal(fd_signals(routes.fd), 1);
+
+    /* Masked: nothing is signalled, the PBA holds it; unmasking delivers. */
+    mmio_write32(f, table + 16 + 12, 1);
+    pci_msix_notify(f->dev, 1);
+    assert_int_equal(fd_signals(routes.fd), 0);
+    assert_int_equal(mmio_read32(f, pba), 0x2);
+    mmio_write32(f, table + 16 + 12, 0);
+    assert_int_equal(fd_signals(routes.fd), 1);
+    assert_int_equal(mmio_read32(f, pba), 0);
+    assert_int_equal(f->irq.nr_msi, 0);
+
+    /* Reset unbinds the route. */
+    pci_bus_reset(f->pci);
+    assert_int_equal(routes.dels, 1);
+    assert_int_equal(routes.deleted, 7);
+
+    /* A sink that refuses routes: direct MSIs, and no asking again. */
+    routes.fail_add = -ENOSPC;
+    ecam_write(f, 1, cap + 2, 0x8000, 2);
+    program_vector1(f, table, 0x4061);
+    mmio_write32(f, table + 16 + 12, 0);
+    pci_msix_notify(f->dev, 1);
+    pci_msix_notify(f->dev, 1);
+    assert_int_equal(routes.adds, 2);
+    assert_int_equal(f->irq.nr_msi, 2);
+    assert_int_equal(f->irq.msi_data, 0x4061);
+}
+
 static void test_intx(void **state)
 {
     struct fixture *f = *state;
@@ -523,6 +635,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bar_move, setup, teardown),
         cmocka_unit_test_setup_teardown(test_capability_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_msix, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msix_irqfd, setup, teardown),
         cmocka_unit_test_setup_teardown(test_intx, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_config, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bus_full, setup, teardown),

@@ -92,7 +92,8 @@ static void machine_init(struct machine *m, struct evloop *loop)
     memset(m, 0, sizeof(*m));
     m->pio = bus_new("pio");
     m->mmio = bus_new("mmio");
-    m->sink = (struct irq_sink){&m->irq, sink_set_level, sink_send_msi};
+    m->sink = (struct irq_sink){.opaque = &m->irq, .set_level = sink_set_level,
+                                .send_msi = sink_send_msi};
     m->pci = pci_bus_new(m->pio, m->mmio, &m->sink);
     assert_non_null(m->pci);
     m->ram = aligned_alloc(4096, RAM_SIZE);
