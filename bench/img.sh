@@ -41,9 +41,16 @@ row() { # row LABEL EMBER_CMD -- QEMU_CMD
 row "convert raw -> qcow2" "$E" convert -O qcow2 src.raw e.qcow2 -- qemu-img convert -O qcow2 src.raw q.qcow2
 row "convert qcow2 -> raw" "$E" convert -O raw q.qcow2 e.raw -- qemu-img convert -O raw q.qcow2 q.raw
 row "convert -c (zlib)" "$E" convert -c -O qcow2 src.raw ec.qcow2 -- qemu-img convert -c -O qcow2 src.raw qc.qcow2
+row "convert -c (zstd)" "$E" convert -c -O qcow2 -o compression_type=zstd src.raw ez.qcow2 -- qemu-img convert -c -O qcow2 -o compression_type=zstd src.raw qz.qcow2
 row "convert compressed -> raw" "$E" convert -O raw qc.qcow2 e2.raw -- qemu-img convert -O raw qc.qcow2 q2.raw
 row "check" "$E" check q.qcow2 -- qemu-img check q.qcow2
 row "compare" "$E" compare src.raw q.qcow2 -- qemu-img compare src.raw q.qcow2
 row "map --output=json" "$E" map --output=json q.qcow2 -- qemu-img map --output=json q.qcow2
-qemu-img compare -q src.raw e.qcow2 && qemu-img check -q e.qcow2 && cmp -s src.raw e.raw &&
-    echo "results verified (qemu-img compare/check, cmp)"
+ok=true
+for img in e.qcow2 ec.qcow2 ez.qcow2; do
+    qemu-img check -q $img && qemu-img compare -q src.raw $img || { echo "BAD: $img"; ok=false; }
+done
+cmp -s src.raw e.raw && cmp -s src.raw e2.raw || { echo "BAD: raw outputs differ"; ok=false; }
+$ok && echo "results verified (qemu-img check and compare of every ember output, cmp of raw outputs)"
+ls -s --block-size=M e.qcow2 q.qcow2 ec.qcow2 qc.qcow2 ez.qcow2 qz.qcow2 | sed 's/^/size: /'
+

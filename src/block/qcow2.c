@@ -520,6 +520,40 @@ static int rc_add(struct qcow2 *q, uint64_t cluster, int delta)
     return 0;
 }
 
+/* Set the refcounts of clusters [first, first + n) to v with one write per
+ * refcount block (those missing are made by rc_set, one cluster at a time). */
+static int rc_set_run(struct qcow2 *q, uint64_t first, uint64_t n, uint64_t v)
+{
+    uint64_t c = first, end = first + n;
+    while (c < end) {
+        uint64_t rbi = c / q->rb_entries, stop = MIN(end, (rbi + 1) * q->rb_entries), off = 0;
+        int ret = rb_offset(q, rbi, &off);
+        if (ret < 0)
+            return ret;
+        if (off == 0 || v > rc_max(q)) {
+            for (; c < stop; c++)
+                if ((ret = rc_set(q, c, v)) < 0)
+                    return ret;
+            continue;
+        }
+        if (off < q->cs || off >= q->alloc_end)
+            return q_corrupt(q, "refcount block at 0x%llx lies outside the file",
+                             (unsigned long long)off);
+        uint8_t *blk;
+        if ((ret = tcache_get(q, &q->rbc, off, &blk)) < 0)
+            return ret;
+        uint64_t lo = UINT64_MAX, hi = 0, boff, blen;
+        for (; c < stop; c++) {
+            rc_set_entry(blk, q->rc_order, c % q->rb_entries, v, &boff, &blen);
+            lo = MIN(lo, boff);
+            hi = MAX(hi, boff + blen);
+        }
+        if ((ret = q_pwrite(q, blk + lo, hi - lo, off + lo)) < 0)
+            return ret;
+    }
+    return 0;
+}
+
 /* One free cluster with its refcount set to 1 (not yet flushed). */
 static int cluster_alloc_nobarrier(struct qcow2 *q, uint64_t *off)
 {
@@ -574,6 +608,7 @@ static uint64_t l2_index(const struct qcow2 *q, uint64_t gofs)
 
 static int l1_entry_table(struct qcow2 *q, uint64_t l1i, uint64_t *table_off)
 {
+    *table_off = 0;
     if (l1i >= q->h.l1_size)
         return q_corrupt(q, "guest offset beyond the L1 table");
     uint64_t e = q->l1[l1i];
@@ -668,15 +703,23 @@ static int l2_lookup_for_write(struct qcow2 *q, uint64_t gofs, struct l2_slot *s
     return l2_lookup(q, gofs, s);
 }
 
-static int l2_write_slot(struct qcow2 *q, struct l2_slot *s, uint64_t entry, uint64_t bitmap)
+/* Entry `index` of a cached L2 table, in memory only. */
+static void l2_set_entry(struct qcow2 *q, uint8_t *table, uint64_t index, uint64_t entry,
+                         uint64_t bitmap)
 {
-    uint8_t *p = s->table + s->index * q->l2_esz;
+    uint8_t *p = table + index * q->l2_esz;
     st64(p, htobe64(entry));
     if (q->ext_l2)
         st64(p + 8, htobe64(bitmap));
+}
+
+static int l2_write_slot(struct qcow2 *q, struct l2_slot *s, uint64_t entry, uint64_t bitmap)
+{
+    l2_set_entry(q, s->table, s->index, entry, bitmap);
     s->entry = entry;
     s->bitmap = bitmap;
-    return q_pwrite(q, p, q->l2_esz, s->table_off + s->index * q->l2_esz);
+    return q_pwrite(q, s->table + s->index * q->l2_esz, q->l2_esz,
+                    s->table_off + s->index * q->l2_esz);
 }
 
 /* ---------------------------------------------------------------- compression */
@@ -818,6 +861,29 @@ static int backing_readv(struct qcow2 *q, uint64_t gofs, const struct iovec *iov
     return 0;
 }
 
+/* A read of plain data at guest offset cur (host cluster host) may go on
+ * into the next guest clusters while they are plain data clusters stored
+ * contiguously after it. Grows *chunk (at most `left` bytes in all). */
+static int data_run_extend(struct qcow2 *q, uint64_t cur, uint64_t host, uint64_t left,
+                           uint64_t *chunk)
+{
+    if (q->ext_l2)
+        return 0;
+    uint64_t next = (cur & ~(q->cs - 1)) + q->cs;
+    while (*chunk < left && *chunk < 64 * q->cs) {
+        struct l2_slot s;
+        int ret = l2_lookup(q, next, &s);
+        if (ret < 0)
+            return ret;
+        host += q->cs;
+        if (sub_classify(q, &s, 0) != SUB_DATA || (s.entry & L2E_OFFSET_MASK) != host)
+            return 0;
+        *chunk += MIN(q->cs, left - *chunk);
+        next += q->cs;
+    }
+    return 0;
+}
+
 static int q_readv(struct qcow2 *q, uint64_t gofs, const struct iovec *iov, int iovcnt,
                    uint64_t len)
 {
@@ -843,6 +909,10 @@ static int q_readv(struct qcow2 *q, uint64_t gofs, const struct iovec *iov, int 
             ret = backing_readv(q, cur, part, n, chunk);
             break;
         case SUB_DATA:
+            /* Following clusters stored right after this one: one read. */
+            if ((ret = data_run_extend(q, cur, s.entry & L2E_OFFSET_MASK, len - done, &chunk)) < 0)
+                break;
+            n = iov_slice(part, iov, iovcnt, done, chunk);
             ret = file_preadv_full(q->fd, part, n, (s.entry & L2E_OFFSET_MASK) + in);
             if (ret < 0)
                 q_fail(q, ret, "read failed: %s", strerror(-ret));
@@ -925,11 +995,20 @@ static int wbatch_flush(struct qcow2 *q, struct wbatch *w)
         return 0;
     if (w->need_barrier && (ret = q_barrier(q)) < 0)
         goto out;
-    for (int i = 0; i < w->n && ret == 0; i++) {
+    /* Entries of consecutive clusters in one L2 table: one write. */
+    for (int i = 0, j; i < w->n && ret == 0; i = j) {
         struct l2_slot s;
-        if ((ret = l2_lookup(q, w->u[i].gofs, &s)) == 0)
-            ret = l2_write_slot(q, &s, w->u[i].entry, w->u[i].bitmap);
-        release |= w->u[i].release;
+        if ((ret = l2_lookup(q, w->u[i].gofs, &s)) < 0)
+            break;
+        for (j = i; j < w->n; j++) {
+            if (j > i && (w->u[j].gofs != w->u[j - 1].gofs + q->cs ||
+                          l1_index(q, w->u[j].gofs) != l1_index(q, w->u[i].gofs)))
+                break;
+            l2_set_entry(q, s.table, s.index + (uint64_t)(j - i), w->u[j].entry, w->u[j].bitmap);
+            release |= w->u[j].release;
+        }
+        ret = q_pwrite(q, s.table + s.index * q->l2_esz, (uint64_t)(j - i) * q->l2_esz,
+                       s.table_off + s.index * q->l2_esz);
     }
     if (ret == 0 && release)
         ret = q_barrier(q);
@@ -1010,6 +1089,67 @@ static int write_in_cluster(struct qcow2 *q, struct wbatch *w, uint64_t gofs,
     return 0;
 }
 
+static int cluster_alloc_contiguous(struct qcow2 *q, uint64_t n, uint64_t *off);
+
+/* How many whole clusters from gofs on (at most max, inside one L2 table)
+ * store nothing yet, so that a write may place them anywhere. */
+static int fresh_clusters(struct qcow2 *q, uint64_t gofs, uint64_t max, uint64_t *count)
+{
+    *count = 0;
+    max = MIN(max, (1ULL << q->l2_bits) - l2_index(q, gofs));
+    for (uint64_t k = 0; k < max; k++) {
+        struct l2_slot s;
+        int ret = l2_lookup(q, gofs + k * q->cs, &s);
+        if (ret < 0)
+            return ret;
+        if ((s.entry & OFLAG_COMPRESSED) || (s.entry & L2E_OFFSET_MASK))
+            break;
+        (*count)++;
+    }
+    return 0;
+}
+
+/* A write covering two or more whole clusters that store nothing yet:
+ * allocate them contiguously and write the data straight from the caller's
+ * buffers in one go. *written: clusters done (0: take the per-cluster path). */
+static int write_fresh_run(struct qcow2 *q, struct wbatch *w, uint64_t gofs,
+                           const struct iovec *iov, int iovcnt, uint64_t max, uint64_t *written)
+{
+    struct l2_slot s;
+    uint64_t k, host;
+    *written = 0;
+    if (q->ext_l2)
+        return 0;
+    if (w->n > WBATCH_MAX - 2) {
+        int ret = wbatch_flush(q, w);
+        if (ret < 0)
+            return ret;
+    }
+    max = MIN(max, (uint64_t)(WBATCH_MAX - w->n));
+    int ret = l2_lookup_for_write(q, gofs, &s);
+    if (ret < 0 || (ret = fresh_clusters(q, gofs, max, &k)) < 0 || k < 2)
+        return ret;
+    if ((ret = cluster_alloc_contiguous(q, k, &host)) < 0)
+        return ret;
+    struct iovec part[1024];
+    int n = iov_slice(part, iov, iovcnt, 0, k * q->cs);
+    if ((ret = file_pwritev_full(q->fd, part, n, host)) < 0)
+        return q_fail(q, ret, "write failed: %s", strerror(-ret));
+    if (host + k * q->cs > q->file_size)
+        q->file_size = host + k * q->cs;
+    for (uint64_t i = 0; i < k; i++) {
+        w->u[w->n].gofs = gofs + i * q->cs;
+        w->u[w->n].entry = (host + i * q->cs) | OFLAG_COPIED;
+        w->u[w->n].bitmap = 0;
+        w->u[w->n].old = 0;
+        w->u[w->n].release = false; /* nothing was stored there */
+        w->n++;
+    }
+    w->need_barrier = true;
+    *written = k;
+    return 0;
+}
+
 static int q_writev(struct qcow2 *q, uint64_t gofs, const struct iovec *iov, int iovcnt,
                     uint64_t len)
 {
@@ -1020,6 +1160,19 @@ static int q_writev(struct qcow2 *q, uint64_t gofs, const struct iovec *iov, int
     w.need_barrier = false;
     while (done < len) {
         uint64_t cur = gofs + done, chunk = MIN(len - done, q->cs - (cur & (q->cs - 1)));
+        if (!(cur & (q->cs - 1)) && len - done >= 2 * q->cs) {
+            uint64_t k;
+            int n = iov_slice(part, iov, iovcnt, done, len - done);
+            int ret = write_fresh_run(q, &w, cur, part, n, (len - done) / q->cs, &k);
+            if (ret < 0) {
+                wbatch_flush(q, &w);
+                return ret;
+            }
+            if (k) {
+                done += k * q->cs;
+                continue;
+            }
+        }
         int n = iov_slice(part, iov, iovcnt, done, chunk);
         int ret = write_in_cluster(q, &w, cur, part, n, chunk);
         if (ret < 0) {
@@ -2839,9 +2992,8 @@ static int cluster_alloc_contiguous(struct qcow2 *q, uint64_t n, uint64_t *off)
             }
         if (placed)
             continue;
-        for (uint64_t c = start; c <= last; c++)
-            if ((ret = rc_set(q, c, 1)) < 0)
-                return ret;
+        if ((ret = rc_set_run(q, start, n, 1)) < 0)
+            return ret;
         q->alloc_end = (last + 1) * q->cs;
         *off = start * q->cs;
         return q_barrier(q);

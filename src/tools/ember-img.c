@@ -36,7 +36,7 @@ static const char usage_text[] =
     "  create   [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]\n"
     "  info     [-f fmt] [--output=human|json] [--backing-chain] [-U] filename\n"
     "  check    [-q] [-f fmt] [--output=human|json] [-r leaks|all] [-U] filename\n"
-    "  convert  [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] [-o options]\n"
+    "  convert  [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] [-o options] [-t cache]\n"
     "           [-B backing_file [-F backing_fmt]] [-S sparse_size] [-m num] [-W] [-U]\n"
     "           filename [filename2 ...] output_filename\n"
     "  resize   [-q] [-f fmt] [--shrink] [--preallocation=mode] filename [+|-]size\n"
@@ -58,6 +58,8 @@ static const char usage_text[] =
     "  -u           create/rebase without opening the backing file\n"
     "  -c           convert: write compressed clusters (qcow2 only)\n"
     "  -S size      convert: treat zero runs of this size as holes (default 4k, 0 = off)\n"
+    "  -t cache     convert: output cache mode; unsafe (default, as qemu-img: no flush at the\n"
+    "               end), or none|writeback|writethrough|directsync (flushed when done)\n"
     "\n"
     "qcow2 options (-o): size, compat=0.10|1.1, cluster_size, preallocation=off|metadata|falloc|full,\n"
     "  lazy_refcounts=on|off, refcount_bits=1..64, compression_type=zlib|zstd, extended_l2=on|off,\n"
@@ -142,6 +144,11 @@ static uint64_t disk_usage(const char *filename)
 {
     struct stat st;
     return stat(filename, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
+}
+
+static uint64_t div_up(uint64_t a, uint64_t b)
+{
+    return a / b + (a % b != 0);
 }
 
 static bool is_zero(const uint8_t *p, size_t n)
@@ -855,114 +862,381 @@ static int read_concat(struct source *src, int nsrc, uint64_t off, uint8_t *buf,
     return 0;
 }
 
-#define COMPRESS_BATCH 64
-#define COMPRESS_THREADS 4
+/* ---- convert: a reader thread fills chunks of the source while the main
+ * thread writes earlier ones (and, with -c, worker threads compress). */
 
-struct compress_job {
-    struct block_dev *dst;
-    uint8_t *in, *out;         /* COMPRESS_BATCH clusters each */
-    uint64_t len[COMPRESS_BATCH], clen[COMPRESS_BATCH];
-    int ret[COMPRESS_BATCH];
+#define PIPE_SLOTS 4
+#define COMPRESS_BATCH 64 /* clusters per chunk with -c */
+#define MAX_COMPRESS_THREADS 8
+
+struct conv_chunk {
+    uint64_t doff, len;     /* where in the output */
+    bool hole;              /* the source reads as zeroes here and stores no data */
+    bool base_zero;         /* hole: the -B base reads as zeroes here too */
+    bool end;               /* no more chunks; err says why */
+    int err;
+    uint8_t *buf, *bbuf;    /* source bytes, -B base bytes (NULL without -B) */
+    /* -c: per cluster of the chunk */
+    uint8_t *out;
+    uint64_t clen[COMPRESS_BATCH];
+    int cret[COMPRESS_BATCH];
     bool skip[COMPRESS_BATCH];
-    int n, stride, first;
-    uint32_t cs;
+};
+
+struct conv_pipe {
+    struct source *src;
+    int nsrc;
+    struct block_dev *base;
+    uint64_t total;
+    uint64_t cs;            /* -c: cluster-aligned chunks of this size; 0: plain */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct conv_chunk slot[PIPE_SLOTS];
+    uint64_t produced, consumed;
+    bool stop;              /* the writer gave up */
+    pthread_t reader;
+};
+
+static int read_base(struct block_dev *base, uint64_t off, uint8_t *buf, uint64_t len)
+{
+    uint64_t bl = block_length(base), have = off < bl ? MIN(len, bl - off) : 0;
+    memset(buf + have, 0, len - have);
+    return have ? block_pread(base, off, buf, have) : 0;
+}
+
+/* Next free slot for the reader, or NULL once the writer has stopped. */
+static struct conv_chunk *pipe_slot_wait(struct conv_pipe *p)
+{
+    pthread_mutex_lock(&p->lock);
+    while (p->produced - p->consumed >= PIPE_SLOTS && !p->stop)
+        pthread_cond_wait(&p->cond, &p->lock);
+    struct conv_chunk *c = p->stop ? NULL : &p->slot[p->produced % PIPE_SLOTS];
+    pthread_mutex_unlock(&p->lock);
+    return c;
+}
+
+static void pipe_publish(struct conv_pipe *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->produced++;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* Plain convert: one run of equal allocation status, at most COPY_CHUNK. */
+static int read_plain_chunk(struct conv_pipe *p, struct source *s, uint64_t off,
+                            struct conv_chunk *c)
+{
+    uint64_t len = block_length(s->bd), doff = s->start + off;
+    uint64_t n = MIN(COPY_CHUNK - (doff % COPY_CHUNK), len - off), pnum;
+    unsigned st;
+    int ret = block_status(s->bd, off, n, &pnum, &st);
+    if (ret < 0)
+        return ret;
+    c->doff = doff;
+    c->len = pnum;
+    c->hole = (st & BLOCK_STATUS_ZERO) && !(st & BLOCK_STATUS_DATA);
+    if (c->hole) {
+        c->base_zero = true;
+        if (p->base && doff < block_length(p->base)) {
+            uint64_t m = MIN(pnum, block_length(p->base) - doff), bn;
+            unsigned bst;
+            c->base_zero = block_status(p->base, doff, m, &bn, &bst) == 0 && bn == m &&
+                           (bst & BLOCK_STATUS_ZERO) && !(bst & BLOCK_STATUS_DATA);
+        }
+        return 0;
+    }
+    if ((ret = block_pread(s->bd, off, c->buf, pnum)) < 0)
+        return ret;
+    return p->base ? read_base(p->base, doff, c->bbuf, pnum) : 0;
+}
+
+/* convert -c: COMPRESS_BATCH whole clusters of the concatenated sources. */
+static int read_cluster_chunk(struct conv_pipe *p, uint64_t doff, struct conv_chunk *c)
+{
+    c->doff = doff;
+    c->len = MIN(p->cs * COMPRESS_BATCH, p->total - doff);
+    c->hole = false;
+    int ret = read_concat(p->src, p->nsrc, doff, c->buf, c->len);
+    if (ret == 0 && p->base)
+        ret = read_base(p->base, doff, c->bbuf, c->len);
+    return ret;
+}
+
+static void *conv_reader(void *opaque)
+{
+    struct conv_pipe *p = opaque;
+    int err = 0;
+    struct conv_chunk *c;
+    if (p->cs) {
+        for (uint64_t doff = 0; doff < p->total && !err; doff += c->len) {
+            if (!(c = pipe_slot_wait(p)))
+                return NULL;
+            c->end = false;
+            if ((err = read_cluster_chunk(p, doff, c)) == 0)
+                pipe_publish(p);
+        }
+    } else {
+        for (int i = 0; i < p->nsrc && !err; i++) {
+            uint64_t len = block_length(p->src[i].bd);
+            for (uint64_t off = 0; off < len && !err; off += c->len) {
+                if (!(c = pipe_slot_wait(p)))
+                    return NULL;
+                c->end = false;
+                if ((err = read_plain_chunk(p, &p->src[i], off, c)) == 0)
+                    pipe_publish(p);
+            }
+        }
+    }
+    if (!(c = pipe_slot_wait(p)))
+        return NULL;
+    c->end = true;
+    c->err = err;
+    c->len = 0;
+    pipe_publish(p);
+    return NULL;
+}
+
+static int pipe_start(struct conv_pipe *p, struct source *src, int nsrc, uint64_t total,
+                      struct block_dev *base, uint64_t cs)
+{
+    memset(p, 0, sizeof(*p));
+    p->src = src;
+    p->nsrc = nsrc;
+    p->total = total;
+    p->base = base;
+    p->cs = cs;
+    uint64_t size = cs ? cs * COMPRESS_BATCH : COPY_CHUNK;
+    for (int i = 0; i < PIPE_SLOTS; i++) {
+        p->slot[i].buf = xmalloc(size);
+        p->slot[i].bbuf = base ? xmalloc(size) : NULL;
+        p->slot[i].out = cs ? xmalloc(size) : NULL;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    if (pthread_create(&p->reader, NULL, conv_reader, p) != 0)
+        return log_fail(-EAGAIN, "cannot start a reader thread");
+    return 0;
+}
+
+/* The oldest chunk not yet released (waits for the reader). */
+static struct conv_chunk *pipe_peek(struct conv_pipe *p, uint64_t index)
+{
+    pthread_mutex_lock(&p->lock);
+    while (p->produced <= index)
+        pthread_cond_wait(&p->cond, &p->lock);
+    struct conv_chunk *c = &p->slot[index % PIPE_SLOTS];
+    pthread_mutex_unlock(&p->lock);
+    return c;
+}
+
+static void pipe_release(struct conv_pipe *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->consumed++;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void pipe_finish(struct conv_pipe *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->stop = true;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    pthread_join(p->reader, NULL);
+    for (int i = 0; i < PIPE_SLOTS; i++) {
+        free(p->slot[i].buf);
+        free(p->slot[i].bbuf);
+        free(p->slot[i].out);
+    }
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->cond);
+}
+
+struct compress_work {
+    struct block_dev *dst;
+    struct conv_chunk *c;
+    uint64_t cs;
+    int first, stride;
+    pthread_t thread;
+    bool started;
 };
 
 static void *compress_worker(void *opaque)
 {
-    struct compress_job *j = opaque;
-    for (int i = j->first; i < j->n; i += j->stride)
-        if (!j->skip[i])
-            j->ret[i] = qcow2_compress(j->dst, j->in + (uint64_t)i * j->cs, j->len[i],
-                                       j->out + (uint64_t)i * j->cs, &j->clen[i]);
+    struct compress_work *w = opaque;
+    struct conv_chunk *c = w->c;
+    int n = (int)div_up(c->len, w->cs);
+    for (int i = w->first; i < n; i += w->stride) {
+        uint64_t len = MIN(w->cs, c->len - (uint64_t)i * w->cs);
+        if (!c->skip[i])
+            c->cret[i] = qcow2_compress(w->dst, c->buf + (uint64_t)i * w->cs, len,
+                                        c->out + (uint64_t)i * w->cs, &c->clen[i]);
+    }
     return NULL;
 }
 
-/* convert -c: compress batches of clusters on several threads, then store
- * them in order. */
+static int compress_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return (int)MIN(MAX(n, 2), MAX_COMPRESS_THREADS);
+}
+
+/* Decide which clusters need writing, then compress them on nw threads
+ * (started here, joined by compress_join). */
+static void compress_start(struct compress_work *w, int nw, struct block_dev *dst,
+                           struct conv_chunk *c, uint64_t cs, bool fresh)
+{
+    int n = (int)div_up(c->len, cs);
+    for (int i = 0; i < n; i++) {
+        uint64_t o = (uint64_t)i * cs, len = MIN(cs, c->len - o);
+        bool same = c->bbuf ? memcmp(c->buf + o, c->bbuf + o, len) == 0
+                            : is_zero(c->buf + o, len);
+        c->skip[i] = fresh && same; /* an existing target must be overwritten */
+        c->cret[i] = 0;
+    }
+    for (int t = 0; t < nw; t++) {
+        w[t] = (struct compress_work){ .dst = dst, .c = c, .cs = cs, .first = t, .stride = nw };
+        w[t].started = pthread_create(&w[t].thread, NULL, compress_worker, &w[t]) == 0;
+        if (!w[t].started)
+            compress_worker(&w[t]);
+    }
+}
+
+static void compress_join(struct compress_work *w, int nw)
+{
+    for (int t = 0; t < nw; t++)
+        if (w[t].started)
+            pthread_join(w[t].thread, NULL);
+}
+
+/* Store a compressed chunk's clusters in order (plainly where compression
+ * did not pay). */
+static int compress_store(struct block_dev *dst, const struct conv_chunk *c, uint64_t cs)
+{
+    int n = (int)div_up(c->len, cs), ret = 0;
+    for (int i = 0; i < n && ret == 0; i++) {
+        uint64_t o = (uint64_t)i * cs, len = MIN(cs, c->len - o);
+        if (c->skip[i])
+            continue;
+        if (c->cret[i] == 0)
+            ret = qcow2_write_precompressed(dst, c->doff + o, c->out + o, c->clen[i]);
+        else
+            ret = block_pwrite(dst, c->doff + o, c->buf + o, len);
+    }
+    return ret;
+}
+
+/* convert -c: while chunk k is compressed, chunk k-1 is written and the
+ * reader fills chunk k+1. */
 static int convert_compressed(struct source *src, int nsrc, uint64_t total, struct block_dev *dst,
                               struct block_dev *base, bool fresh, bool show)
 {
-    uint32_t cs = qcow2_cluster_size(dst);
-    struct compress_job job = { .dst = dst, .cs = cs };
-    job.in = xmalloc((uint64_t)cs * COMPRESS_BATCH);
-    job.out = xmalloc((uint64_t)cs * COMPRESS_BATCH);
-    uint8_t *bbuf = base ? xmalloc(cs) : NULL;
-    int ret = 0;
-    for (uint64_t off = 0; off < total && ret == 0;) {
-        uint64_t batch_start = off;
-        job.n = 0;
-        for (; job.n < COMPRESS_BATCH && off < total && ret == 0; job.n++) {
-            int i = job.n;
-            uint8_t *in = job.in + (uint64_t)i * cs;
-            job.len[i] = MIN(cs, total - off);
-            job.ret[i] = 0;
-            if ((ret = read_concat(src, nsrc, off, in, job.len[i])) < 0)
-                break;
-            bool zero = is_zero(in, job.len[i]);
-            job.skip[i] = zero;
-            if (base) {
-                uint64_t bl = block_length(base);
-                uint64_t have = off < bl ? MIN(job.len[i], bl - off) : 0;
-                memset(bbuf, 0, job.len[i]);
-                if (have && (ret = block_pread(base, off, bbuf, have)) < 0)
-                    break;
-                job.skip[i] = memcmp(in, bbuf, job.len[i]) == 0;
-            }
-            if (!fresh && job.skip[i] && !base)
-                job.skip[i] = false; /* an existing target must be overwritten */
-            off += job.len[i];
+    uint64_t cs = qcow2_cluster_size(dst);
+    struct conv_pipe p;
+    int ret = pipe_start(&p, src, nsrc, total, base, cs);
+    if (ret < 0)
+        return ret;
+    struct compress_work w[MAX_COMPRESS_THREADS];
+    int nw = compress_threads();
+    struct conv_chunk *prev = NULL;
+    for (uint64_t k = 0;; k++) {
+        struct conv_chunk *c = pipe_peek(&p, k);
+        if (!c->end)
+            compress_start(w, nw, dst, c, cs, fresh);
+        if (prev) {
+            if (ret == 0)
+                ret = compress_store(dst, prev, cs);
+            progress(show && ret == 0, prev->doff + prev->len, total);
+            pipe_release(&p);
         }
-        pthread_t th[COMPRESS_THREADS];
-        struct compress_job *jobs[COMPRESS_THREADS];
-        int started = 0;
-        for (int t = 0; t < COMPRESS_THREADS && ret == 0; t++) {
-            jobs[t] = xmalloc(sizeof(job));
-            *jobs[t] = job;
-            jobs[t]->first = t;
-            jobs[t]->stride = COMPRESS_THREADS;
-            if (pthread_create(&th[t], NULL, compress_worker, jobs[t]) != 0) {
-                compress_worker(jobs[t]);
-                free(jobs[t]);
-                jobs[t] = NULL;
-                continue;
-            }
-            started |= 1 << t;
+        if (c->end) {
+            if (ret == 0)
+                ret = c->err;
+            break;
         }
-        for (int t = 0; t < COMPRESS_THREADS; t++) {
-            if (!(started & (1 << t)))
-                continue;
-            pthread_join(th[t], NULL);
-            for (int i = t; i < job.n; i += COMPRESS_THREADS) {
-                job.ret[i] = jobs[t]->ret[i];
-                job.clen[i] = jobs[t]->clen[i];
-            }
-            free(jobs[t]);
-        }
-        uint64_t boff = batch_start;
-        for (int i = 0; i < job.n && ret == 0; i++) {
-            uint64_t o = boff;
-            boff += job.len[i];
-            if (job.skip[i])
-                continue;
-            if (job.ret[i] == 0)
-                ret = qcow2_write_precompressed(dst, o, job.out + (uint64_t)i * cs, job.clen[i]);
-            else
-                ret = block_pwrite(dst, o, job.in + (uint64_t)i * cs, job.len[i]);
-        }
-        progress(show, off, total);
+        compress_join(w, nw);
+        if (ret < 0)
+            break;
+        prev = c;
     }
-    free(job.in);
-    free(job.out);
-    free(bbuf);
+    pipe_finish(&p);
     return ret;
+}
+
+enum unit_action { UNIT_SKIP, UNIT_ZERO, UNIT_DATA };
+
+/* What convert does with one -S unit of source data: skip it when a fresh
+ * target already reads it back (zeroes, or the -B base's bytes), write it as
+ * zeroes when it is zero and sparse output is on, else write the bytes. */
+static enum unit_action unit_classify(const uint8_t *data, const uint8_t *base_data, uint64_t len,
+                                      bool fresh, bool sparse)
+{
+    bool zero = is_zero(data, len);
+    bool same = base_data ? memcmp(data, base_data, len) == 0 : zero;
+    if (fresh && same)
+        return UNIT_SKIP;
+    return zero && sparse ? UNIT_ZERO : UNIT_DATA;
+}
+
+/* Write one chunk of a plain convert. */
+static int convert_write_chunk(const struct conv_chunk *c, struct block_dev *dst, bool fresh,
+                               uint64_t sparse)
+{
+    if (c->hole)
+        return !fresh || !c->base_zero ? block_write_zeroes(dst, c->doff, c->len, false) : 0;
+    /* Write only what the target does not already read back, in runs of
+     * units that need the same action. */
+    uint64_t unit = sparse ? sparse : c->len;
+    int err = 0;
+    for (uint64_t p = 0; p < c->len && !err;) {
+        enum unit_action act = UNIT_SKIP;
+        uint64_t run = 0;
+        while (p + run < c->len) {
+            uint64_t q = p + run, u = MIN(unit - ((c->doff + q) % unit), c->len - q);
+            enum unit_action a = unit_classify(c->buf + q, c->bbuf ? c->bbuf + q : NULL, u, fresh,
+                                               sparse != 0);
+            if (run && a != act)
+                break;
+            act = a;
+            run += u;
+        }
+        if (act == UNIT_ZERO)
+            err = block_write_zeroes(dst, c->doff + p, run, false);
+        else if (act == UNIT_DATA)
+            err = block_pwrite(dst, c->doff + p, c->buf + p, run);
+        p += run;
+    }
+    return err;
+}
+
+static int convert_plain(struct source *src, int nsrc, uint64_t total, struct block_dev *dst,
+                         struct block_dev *base, bool fresh, uint64_t sparse, bool show)
+{
+    struct conv_pipe p;
+    int err = pipe_start(&p, src, nsrc, total, base, 0);
+    if (err < 0)
+        return err;
+    for (uint64_t k = 0; !err; k++) {
+        struct conv_chunk *c = pipe_peek(&p, k);
+        if (c->end) {
+            err = c->err;
+            break;
+        }
+        err = convert_write_chunk(c, dst, fresh, sparse);
+        progress(show, c->doff + c->len, total);
+        pipe_release(&p);
+    }
+    pipe_finish(&p);
+    return err;
 }
 
 static int cmd_convert(int argc, char **argv)
 {
     const char *fmt = NULL, *ofmt = "raw", *bfile = NULL, *bfmt = NULL;
     struct kvlist opts = { .n = 0 };
-    bool compress = false, show = false, no_create = false;
+    bool compress = false, show = false, no_create = false, durable = false;
     uint64_t sparse = 4096;
     int ch;
     static const struct option lo[] = {
@@ -986,7 +1260,18 @@ static int cmd_convert(int argc, char **argv)
             if (parse_img_size(optarg, &sparse) < 0 || (sparse && sparse % 512))
                 usage_error("-S must be a multiple of 512 (or 0)");
             break;
-        case 'W': case 'm': case 't': case 'T': case 'U': case 'C': case 'r': case 'Z': break;
+        case 't':
+            /* Output cache mode. Like qemu-img, convert defaults to "unsafe":
+             * nothing is flushed; any other mode makes the result durable. */
+            if (strcmp(optarg, "unsafe") == 0)
+                durable = false;
+            else if (strcmp(optarg, "none") == 0 || strcmp(optarg, "writeback") == 0 ||
+                     strcmp(optarg, "writethrough") == 0 || strcmp(optarg, "directsync") == 0)
+                durable = true;
+            else
+                usage_error("invalid cache mode '%s'", optarg);
+            break;
+        case 'W': case 'm': case 'T': case 'U': case 'C': case 'r': case 'Z': break;
         case 'l': usage_error("internal snapshots are not supported");
         case 'h': usage(stdout); exit(0);
         default: usage_error("invalid option for convert");
@@ -1047,65 +1332,12 @@ static int cmd_convert(int argc, char **argv)
         err = convert_compressed(src, nsrc, total, dst, base, fresh, show);
         goto finish;
     }
-    uint64_t chunk = COPY_CHUNK;
-    buf = xmalloc(chunk);
-    bbuf = base ? xmalloc(chunk) : NULL;
     progress(show, 0, total);
-    for (int i = 0; i < nsrc && !err; i++) {
-        struct block_dev *s = src[i].bd;
-        uint64_t len = block_length(s);
-        for (uint64_t off = 0; off < len && !err;) {
-            uint64_t n = MIN(chunk - ((src[i].start + off) % chunk), len - off), pnum;
-            unsigned st;
-            if ((err = block_status(s, off, n, &pnum, &st)) < 0)
-                break;
-            uint64_t doff = src[i].start + off;
-            if ((st & BLOCK_STATUS_ZERO) && !(st & BLOCK_STATUS_DATA)) {
-                bool base_zero = true;
-                if (base && doff < block_length(base)) {
-                    uint64_t m = MIN(pnum, block_length(base) - doff), bn;
-                    unsigned bst;
-                    base_zero = block_status(base, doff, m, &bn, &bst) == 0 && bn == m &&
-                                (bst & BLOCK_STATUS_ZERO) && !(bst & BLOCK_STATUS_DATA);
-                }
-                if (!fresh || !base_zero)
-                    err = block_write_zeroes(dst, doff, pnum, false);
-                off += pnum;
-                progress(show, src[i].start + off, total);
-                continue;
-            }
-            if ((err = block_pread(s, off, buf, pnum)) < 0)
-                break;
-            if (base) {
-                uint64_t have = doff < block_length(base) ? MIN(pnum, block_length(base) - doff) : 0;
-                memset(bbuf, 0, pnum);
-                if (have && (err = block_pread(base, doff, bbuf, have)) < 0)
-                    break;
-            }
-            /* Write only what the target does not already read back. */
-            uint64_t unit = sparse ? sparse : pnum;
-            for (uint64_t p = 0; p < pnum && !err;) {
-                uint64_t u = MIN(unit - ((doff + p) % unit), pnum - p);
-                bool zero = is_zero(buf + p, u);
-                bool same = base ? memcmp(buf + p, bbuf + p, u) == 0 : zero;
-                if (fresh && same) {
-                    p += u;
-                    continue;
-                }
-                if (zero && sparse)
-                    err = block_write_zeroes(dst, doff + p, u, false);
-                else
-                    err = block_pwrite(dst, doff + p, buf + p, u);
-                p += u;
-            }
-            off += pnum;
-            progress(show, src[i].start + off, total);
-        }
-    }
+    err = convert_plain(src, nsrc, total, dst, base, fresh, sparse, show);
 finish:
-    if (!err)
+    if (!err && durable)
         err = block_flush(dst) < 0 ? -EIO : 0;
-    if (!err && !no_create && strcmp(block_format_name(dst), "qcow2") == 0) {
+    if (!err && durable && !no_create && strcmp(block_format_name(dst), "qcow2") == 0) {
         /* Tools skip the per-write barriers; make the result durable now. */
         int fd = open(out, O_RDONLY | O_CLOEXEC);
         if (fd >= 0) {
@@ -1702,11 +1934,6 @@ static int cmd_compare(int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ measure */
-
-static uint64_t div_up(uint64_t a, uint64_t b)
-{
-    return a / b + (a % b != 0);
-}
 
 static uint64_t refcount_meta_size(uint64_t clusters, uint64_t cs, unsigned order)
 {
