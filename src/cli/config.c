@@ -1038,6 +1038,7 @@ void config_print_help(FILE *out)
         "  1  bad command line or a host-side error\n"
         "  2  the guest crashed the CPU (triple fault or an instruction the accelerator\n"
         "     cannot run); a register dump is printed\n"
+        "  3  the guest kernel panicked (pvpanic); its panic message is on the console\n"
         "  N  isa-debug-exit: (V<<1)|1 for the value V the guest wrote\n"
         "\n"
         "Examples:\n"

@@ -11,6 +11,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "hw/acpi_pm.h"
+#include "hw/pvpanic.h"
 #include "machine/aml.h"
 #include "machine/layout.h"
 
@@ -164,6 +165,19 @@ static void dsdt_isa_device(struct aml *a, const char *name, const char *hid, in
     aml_end(a, dev);
 }
 
+/* QEMU's pvpanic ISA device: Linux's pvpanic-mmio driver binds to the
+ * ACPI id QEMU0001 and takes its I/O port from _CRS. */
+static void dsdt_pvpanic(struct aml *a)
+{
+    size_t dev = aml_device_begin(a, "PEVT");
+    aml_name_string_value(a, "_HID", "QEMU0001");
+    aml_name(a, "_CRS");
+    size_t rt = aml_restemplate_begin(a);
+    aml_res_io(a, PVPANIC_PORT, PVPANIC_PORT, 1, 1);
+    aml_restemplate_end(a, rt);
+    aml_end(a, dev);
+}
+
 static void dsdt_motherboard(struct aml *a)
 {
     /* Linux trusts the MCFG window only if firmware reserves it, here or in e820. */
@@ -210,6 +224,7 @@ int acpi_build_dsdt_aml(const struct acpi_config *ac, uint8_t **out, size_t *len
                     LAYOUT_I8042_KBD_GSI);
     dsdt_isa_device(&a, "MOU", "PNP0F13", -1, 0, 0, 0, 0, LAYOUT_I8042_AUX_GSI);
     dsdt_isa_device(&a, "RTC", "PNP0B00", -1, LAYOUT_RTC_PORT, 2, 0, 0, LAYOUT_RTC_GSI);
+    dsdt_pvpanic(&a);
     dsdt_motherboard(&a);
     dsdt_processors(&a, ac->nr_cpus);
     aml_end(&a, sb);

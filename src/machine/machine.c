@@ -26,6 +26,7 @@
 #include "hw/acpi_pm.h"
 #include "hw/bus.h"
 #include "hw/debug_exit.h"
+#include "hw/pvpanic.h"
 #include "hw/i8042.h"
 #include "hw/pci.h"
 #include "hw/rtc.h"
@@ -398,7 +399,8 @@ static struct chardev *machine_open_chardev(struct machine *m, const char *spec)
     return c;
 }
 
-/* The ISA side of the PC: COM1, keyboard controller, RTC, ACPI PM, debug exits. */
+/* The ISA side of the PC: COM1, keyboard controller, RTC, ACPI PM, pvpanic,
+ * debug exits. */
 static int machine_add_legacy_devices(struct machine *m)
 {
     const struct vm_config *cfg = m->cfg;
@@ -411,6 +413,10 @@ static int machine_add_legacy_devices(struct machine *m)
     m->acpi_pm = acpi_pm_new(m->pio, &m->irq, &m->vmctl);
     if (!m->serial || !m->i8042 || !m->rtc || !m->acpi_pm)
         return log_fail(-EINVAL, "creating the legacy PC devices failed");
+    /* Always present (the DSDT describes it): a guest panic ends ember with
+     * a failure status instead of leaving a dead guest running. */
+    if (pvpanic_new(m->pio, PVPANIC_PORT, &m->vmctl))
+        return log_fail(-EINVAL, "creating the pvpanic device failed");
     for (unsigned i = 0; i < cfg->nr_devices; i++) {
         const struct device_config *d = &cfg->devices[i];
         if (d->kind != DEVICE_ISA_DEBUG_EXIT)

@@ -13,6 +13,7 @@
 #include "hw/acpi_pm.h"
 #include "hw/debug_exit.h"
 #include "hw/i8042.h"
+#include "hw/pvpanic.h"
 #include "hw/rtc.h"
 #include "machine/layout.h"
 
@@ -117,6 +118,32 @@ static void test_i8042(void **state)
     assert_int_equal((a ^ b) & 0x10, 0x10); /* refresh toggles */
     io_out(pio, 0x61, 0x03, 1);
     assert_int_equal(io_in(pio, 0x61, 1) & 0x0f, 0x03);
+    bus_free(pio);
+}
+
+/* --- pvpanic ------------------------------------------------------------------- */
+
+static void test_pvpanic(void **state)
+{
+    (void)state;
+    struct bus *pio = bus_new("pio");
+    struct fake_vm vm;
+    fake_vm_init(&vm);
+    assert_int_equal(pvpanic_new(pio, PVPANIC_PORT, &vm.ctl), 0);
+    assert_int_equal(pvpanic_new(pio, PVPANIC_PORT, &vm.ctl), -EEXIST);
+    /* Linux reads the supported events and only sends those. */
+    assert_int_equal(io_in(pio, PVPANIC_PORT, 1), PVPANIC_PANICKED | PVPANIC_CRASH_LOADED);
+    io_out(pio, PVPANIC_PORT, PVPANIC_CRASH_LOADED, 1); /* kdump takes over: keep running */
+    assert_int_equal(vm.nr_events, 0);
+    io_out(pio, PVPANIC_PORT, 0, 1);
+    assert_int_equal(vm.nr_events, 0);
+    io_out(pio, PVPANIC_PORT, PVPANIC_PANICKED, 1);
+    assert_int_equal(vm.nr_events, 1);
+    assert_int_equal(vm.last_event, VM_EVENT_EXIT);
+    assert_int_equal(vm.last_code, PVPANIC_EXIT_STATUS);
+    pvpanic_free(pio, PVPANIC_PORT, &vm.ctl);
+    assert_int_equal(pvpanic_new(pio, PVPANIC_PORT, &vm.ctl), 0);
+    pvpanic_free(pio, PVPANIC_PORT, &vm.ctl);
     bus_free(pio);
 }
 
@@ -369,6 +396,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_i8042),
         cmocka_unit_test(test_debug_exit),
+        cmocka_unit_test(test_pvpanic),
         cmocka_unit_test(test_acpi_pm),
         cmocka_unit_test(test_rtc_time),
         cmocka_unit_test(test_rtc_interrupts),

@@ -448,7 +448,7 @@ static void test_dsdt_iasl(void **state)
 
     /* The disassembly names every device and object we emitted. */
     const char *want[] = {"PNP0A08", "PNP0A03", "_PRT", "_S5_", "PNP0501", "PNP0303", "PNP0F13",
-                          "PNP0B00", "PNP0C02", "ACPI0007", "WordBusNumber", "DWordMemory",
+                          "PNP0B00", "PNP0C02", "ACPI0007", "QEMU0001", "WordBusNumber", "DWordMemory",
                           "0xDFFFFFFF", "IRQNoFlags", "Memory32Fixed", "0xE0000000"};
     for (unsigned i = 0; i < ARRAY_SIZE(want); i++) {
         snprintf(cmd, sizeof(cmd), "grep -q '%s' %s/dsdt.dsl", want[i], dir);
