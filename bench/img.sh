@@ -1,6 +1,7 @@
 #!/bin/bash
 # Time ember-img against qemu-img on the same work and print the ratios
-# (ember / qemu: below 1.0 means ember-img is faster).
+# (ember / qemu: below 1.0 means ember-img is faster). One run each, so on a
+# busy machine single rows can swing by 2x; compare CPU time (perf stat) too.
 #   bench/img.sh [EMBER_IMG] [SIZE_MiB]      default: build/src/tools/ember-img, 2048
 set -eu
 E=${1:-build/src/tools/ember-img}
@@ -23,8 +24,9 @@ for ((i = 0; i < SIZE_MB; i += step * 4)); do
 done
 sync
 
-t() { # t CMD...: wall seconds of one run
+t() { # t CMD...: wall seconds of one run (after writing back what earlier runs left dirty)
     local s e
+    sync
     s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
     echo "$e - $s" | bc -l
 }

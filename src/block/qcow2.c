@@ -112,7 +112,19 @@ struct qcow2 {
     uint64_t cbuf_entry;      /* L2 entry cbuf holds, 0 = none */
     uint8_t *zbuf;            /* compressed input */
     uint64_t comp_next;       /* next free byte for packing compressed data, 0 = none */
+    z_stream zs;              /* zlib inflate state, once zs_ready */
+    bool zs_ready;
+    ZSTD_DCtx *zd;            /* zstd decompression state, or NULL */
 };
+
+/* Page-aligned cluster buffers: the kernel copies whole pages into them. */
+static void *q_buf(uint64_t size)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 4096, size) != 0)
+        die("out of memory (%llu bytes)", (unsigned long long)size);
+    return p;
+}
 
 static uint64_t DIV_ROUND_UP_U64(uint64_t a, uint64_t b)
 {
@@ -209,7 +221,7 @@ static void tcache_init(struct tcache *c, unsigned n, uint64_t cs)
     c->n = n;
     c->e = xcalloc(n, sizeof(*c->e));
     for (unsigned i = 0; i < n; i++)
-        c->e[i].data = xmalloc(cs);
+        c->e[i].data = q_buf(cs);
 }
 
 static void tcache_free(struct tcache *c)
@@ -743,25 +755,31 @@ static int decompress_cluster(struct qcow2 *q, uint64_t e)
     if (ret < 0)
         return ret;
     q->cbuf_entry = 0;
+    /* One decompression context per image, reset for each cluster. */
     if (q->h.compression_type == 0) {
-        z_stream z;
-        memset(&z, 0, sizeof(z));
-        if (inflateInit2(&z, -12) != Z_OK)
-            return q_fail(q, -ENOMEM, "cannot start zlib");
-        z.next_in = q->zbuf;
-        z.avail_in = (uInt)len;
-        z.next_out = q->cbuf;
-        z.avail_out = (uInt)q->cs;
-        int zr = inflate(&z, Z_FINISH);
-        bool ok = (zr == Z_STREAM_END || zr == Z_BUF_ERROR || zr == Z_OK) && z.avail_out == 0;
-        inflateEnd(&z);
+        z_stream *z = &q->zs;
+        if (!q->zs_ready) {
+            memset(z, 0, sizeof(*z));
+            if (inflateInit2(z, -12) != Z_OK)
+                return q_fail(q, -ENOMEM, "cannot start zlib");
+            q->zs_ready = true;
+        } else if (inflateReset(z) != Z_OK) {
+            return q_fail(q, -EIO, "cannot reset zlib");
+        }
+        z->next_in = q->zbuf;
+        z->avail_in = (uInt)len;
+        z->next_out = q->cbuf;
+        z->avail_out = (uInt)q->cs;
+        int zr = inflate(z, Z_FINISH);
+        bool ok = (zr == Z_STREAM_END || zr == Z_BUF_ERROR || zr == Z_OK) && z->avail_out == 0;
         if (!ok)
             return q_corrupt(q, "compressed cluster at 0x%llx does not inflate",
                              (unsigned long long)off);
     } else {
-        ZSTD_DCtx *d = ZSTD_createDCtx();
-        if (!d)
+        if (!q->zd && !(q->zd = ZSTD_createDCtx()))
             return q_fail(q, -ENOMEM, "cannot start zstd");
+        ZSTD_DCtx *d = q->zd;
+        ZSTD_DCtx_reset(d, ZSTD_reset_session_only);
         ZSTD_inBuffer in = { q->zbuf, len, 0 };
         ZSTD_outBuffer out = { q->cbuf, q->cs, 0 };
         size_t zr = 0;
@@ -770,7 +788,6 @@ static int decompress_cluster(struct qcow2 *q, uint64_t e)
             if (ZSTD_isError(zr) || (zr == 0 && out.pos < out.size))
                 break;
         }
-        ZSTD_freeDCtx(d);
         if (out.pos != out.size || ZSTD_isError(zr))
             return q_corrupt(q, "compressed cluster at 0x%llx does not decompress",
                              (unsigned long long)off);
@@ -1389,6 +1406,9 @@ static void qcow2_close(struct block_dev *bd)
     free(q->wbuf);
     free(q->cbuf);
     free(q->zbuf);
+    if (q->zs_ready)
+        inflateEnd(&q->zs);
+    ZSTD_freeDCtx(q->zd);
     pthread_mutex_destroy(&q->lock);
     free(q);
     bd->opaque = NULL;
@@ -2086,9 +2106,9 @@ int qcow2_open(struct block_dev *bd, const struct block_open_opts *opts,
                                        : (unsigned)MIN(MAX(MiB / cs, 4), 1024);
     tcache_init(&q->l2c, l2n, cs);
     tcache_init(&q->rbc, 8, cs);
-    q->wbuf = xmalloc(cs);
-    q->cbuf = xmalloc(cs);
-    q->zbuf = xmalloc(2 * cs);
+    q->wbuf = q_buf(cs);
+    q->cbuf = q_buf(cs);
+    q->zbuf = q_buf(2 * cs);
 
     if ((ret = header_parse_extensions(q, hbuf, hlen)) < 0 || (ret = refuse_features(q)) < 0)
         goto fail;
