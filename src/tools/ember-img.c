@@ -876,9 +876,10 @@ static int read_concat(struct source *src, int nsrc, uint64_t off, uint8_t *buf,
 /* ---- convert: a reader thread fills chunks of the source while the main
  * thread writes earlier ones (and, with -c, worker threads compress). */
 
-#define PIPE_SLOTS 4
-#define COMPRESS_BATCH 64 /* clusters per chunk with -c */
+#define PIPE_SLOTS 8
 #define MAX_COMPRESS_THREADS 16 /* qemu-img's -m limit */
+#define COMPRESS_BATCH 256           /* at most this many clusters per chunk with -c */
+#define COMPRESS_CHUNK (4 * MiB)     /* and about this many bytes */
 
 struct conv_chunk {
     uint64_t doff, len;     /* where in the output */
@@ -887,11 +888,13 @@ struct conv_chunk {
     bool end;               /* no more chunks; err says why */
     int err;
     uint8_t *buf, *bbuf;    /* source bytes, -B base bytes (NULL without -B) */
-    /* -c: per cluster of the chunk */
+    /* -c: per cluster of the chunk; jobs are claimed and counted under the
+     * pipe's lock */
     uint8_t *out;
     uint64_t clen[COMPRESS_BATCH];
     int cret[COMPRESS_BATCH];
     bool skip[COMPRESS_BATCH];
+    int njobs, next_job, done_jobs;
 };
 
 struct conv_pipe {
@@ -899,7 +902,12 @@ struct conv_pipe {
     int nsrc;
     struct block_dev *base;
     uint64_t total;
-    uint64_t cs;            /* -c: cluster-aligned chunks of this size; 0: plain */
+    uint64_t cs;            /* -c: chunks of whole clusters of this size; 0: plain */
+    uint64_t chunk_clusters;
+    bool fresh;             /* the target reads as zeroes (or its backing) before we write */
+    struct block_dev *dst;
+    int nworkers;
+    pthread_t workers[MAX_COMPRESS_THREADS];
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct conv_chunk slot[PIPE_SLOTS];
@@ -966,12 +974,24 @@ static int read_plain_chunk(struct conv_pipe *p, struct source *s, uint64_t off,
 static int read_cluster_chunk(struct conv_pipe *p, uint64_t doff, struct conv_chunk *c)
 {
     c->doff = doff;
-    c->len = MIN(p->cs * COMPRESS_BATCH, p->total - doff);
+    c->len = MIN(p->cs * p->chunk_clusters, p->total - doff);
     c->hole = false;
     int ret = read_concat(p->src, p->nsrc, doff, c->buf, c->len);
     if (ret == 0 && p->base)
         ret = read_base(p->base, doff, c->bbuf, c->len);
-    return ret;
+    if (ret < 0)
+        return ret;
+    /* Clusters a fresh target already reads back need no writing. */
+    c->njobs = (int)div_up(c->len, p->cs);
+    for (int i = 0; i < c->njobs; i++) {
+        uint64_t o = (uint64_t)i * p->cs, len = MIN(p->cs, c->len - o);
+        bool same = p->base ? memcmp(c->buf + o, c->bbuf + o, len) == 0
+                            : is_zero(c->buf + o, len);
+        c->skip[i] = p->fresh && same;
+        c->cret[i] = 0;
+    }
+    c->next_job = c->done_jobs = 0;
+    return 0;
 }
 
 static void *conv_reader(void *opaque)
@@ -1004,12 +1024,13 @@ static void *conv_reader(void *opaque)
     c->end = true;
     c->err = err;
     c->len = 0;
+    c->njobs = c->next_job = c->done_jobs = 0;
     pipe_publish(p);
     return NULL;
 }
 
 static int pipe_start(struct conv_pipe *p, struct source *src, int nsrc, uint64_t total,
-                      struct block_dev *base, uint64_t cs)
+                      struct block_dev *base, uint64_t cs, bool fresh)
 {
     memset(p, 0, sizeof(*p));
     p->src = src;
@@ -1017,7 +1038,9 @@ static int pipe_start(struct conv_pipe *p, struct source *src, int nsrc, uint64_
     p->total = total;
     p->base = base;
     p->cs = cs;
-    uint64_t size = cs ? cs * COMPRESS_BATCH : COPY_CHUNK;
+    p->fresh = fresh;
+    p->chunk_clusters = cs ? MIN(COMPRESS_BATCH, MAX(COMPRESS_CHUNK / cs, 1)) : 0;
+    uint64_t size = cs ? cs * p->chunk_clusters : COPY_CHUNK;
     for (int i = 0; i < PIPE_SLOTS; i++) {
         p->slot[i].buf = io_buf(size);
         p->slot[i].bbuf = base ? io_buf(size) : NULL;
@@ -1056,6 +1079,8 @@ static void pipe_finish(struct conv_pipe *p)
     pthread_cond_broadcast(&p->cond);
     pthread_mutex_unlock(&p->lock);
     pthread_join(p->reader, NULL);
+    for (int t = 0; t < p->nworkers; t++)
+        pthread_join(p->workers[t], NULL);
     for (int i = 0; i < PIPE_SLOTS; i++) {
         free(p->slot[i].buf);
         free(p->slot[i].bbuf);
@@ -1065,64 +1090,48 @@ static void pipe_finish(struct conv_pipe *p)
     pthread_cond_destroy(&p->cond);
 }
 
-struct compress_work {
-    struct block_dev *dst;
-    struct conv_chunk *c;
-    uint64_t cs;
-    int first, stride;
-    pthread_t thread;
-    bool started;
-};
-
+/* A compression worker: takes the next cluster of the oldest chunk that
+ * has one left, whichever chunk that is, so no worker waits for the others
+ * at chunk boundaries. */
 static void *compress_worker(void *opaque)
 {
-    struct compress_work *w = opaque;
-    struct conv_chunk *c = w->c;
-    int n = (int)div_up(c->len, w->cs);
-    for (int i = w->first; i < n; i += w->stride) {
-        uint64_t len = MIN(w->cs, c->len - (uint64_t)i * w->cs);
+    struct conv_pipe *p = opaque;
+    pthread_mutex_lock(&p->lock);
+    while (!p->stop) {
+        struct conv_chunk *c = NULL;
+        int i = 0;
+        for (uint64_t k = p->consumed; k < p->produced && !c; k++) {
+            struct conv_chunk *x = &p->slot[k % PIPE_SLOTS];
+            if (x->end)
+                break;
+            if (x->next_job < x->njobs) {
+                c = x;
+                i = x->next_job++;
+            }
+        }
+        if (!c) {
+            pthread_cond_wait(&p->cond, &p->lock);
+            continue;
+        }
+        pthread_mutex_unlock(&p->lock);
+        uint64_t o = (uint64_t)i * p->cs;
         if (!c->skip[i])
-            c->cret[i] = qcow2_compress(w->dst, c->buf + (uint64_t)i * w->cs, len,
-                                        c->out + (uint64_t)i * w->cs, &c->clen[i]);
+            c->cret[i] = qcow2_compress(p->dst, c->buf + o, MIN(p->cs, c->len - o), c->out + o,
+                                        &c->clen[i]);
+        pthread_mutex_lock(&p->lock);
+        if (++c->done_jobs == c->njobs)
+            pthread_cond_broadcast(&p->cond);
     }
+    pthread_mutex_unlock(&p->lock);
     return NULL;
-}
-
-
-/* Decide which clusters need writing, then compress them on nw threads
- * (started here, joined by compress_join). */
-static void compress_start(struct compress_work *w, int nw, struct block_dev *dst,
-                           struct conv_chunk *c, uint64_t cs, bool fresh)
-{
-    int n = (int)div_up(c->len, cs);
-    for (int i = 0; i < n; i++) {
-        uint64_t o = (uint64_t)i * cs, len = MIN(cs, c->len - o);
-        bool same = c->bbuf ? memcmp(c->buf + o, c->bbuf + o, len) == 0
-                            : is_zero(c->buf + o, len);
-        c->skip[i] = fresh && same; /* an existing target must be overwritten */
-        c->cret[i] = 0;
-    }
-    for (int t = 0; t < nw; t++) {
-        w[t] = (struct compress_work){ .dst = dst, .c = c, .cs = cs, .first = t, .stride = nw };
-        w[t].started = pthread_create(&w[t].thread, NULL, compress_worker, &w[t]) == 0;
-        if (!w[t].started)
-            compress_worker(&w[t]);
-    }
-}
-
-static void compress_join(struct compress_work *w, int nw)
-{
-    for (int t = 0; t < nw; t++)
-        if (w[t].started)
-            pthread_join(w[t].thread, NULL);
 }
 
 /* Store a compressed chunk's clusters in order (plainly where compression
  * did not pay). */
 static int compress_store(struct block_dev *dst, const struct conv_chunk *c, uint64_t cs)
 {
-    int n = (int)div_up(c->len, cs), ret = 0;
-    for (int i = 0; i < n && ret == 0; i++) {
+    int ret = 0;
+    for (int i = 0; i < c->njobs && ret == 0; i++) {
         uint64_t o = (uint64_t)i * cs, len = MIN(cs, c->len - o);
         if (c->skip[i])
             continue;
@@ -1134,37 +1143,38 @@ static int compress_store(struct block_dev *dst, const struct conv_chunk *c, uin
     return ret;
 }
 
-/* convert -c: while chunk k is compressed, chunk k-1 is written and the
- * reader fills chunk k+1. */
+/* convert -c: the reader fills chunks, nw workers compress their clusters,
+ * and this thread stores the chunks in order as they complete. */
 static int convert_compressed(struct source *src, int nsrc, uint64_t total, struct block_dev *dst,
                               struct block_dev *base, bool fresh, bool show, int nw)
 {
     uint64_t cs = qcow2_cluster_size(dst);
     struct conv_pipe p;
-    int ret = pipe_start(&p, src, nsrc, total, base, cs);
+    int ret = pipe_start(&p, src, nsrc, total, base, cs, fresh);
     if (ret < 0)
         return ret;
-    struct compress_work w[MAX_COMPRESS_THREADS];
-    struct conv_chunk *prev = NULL;
-    for (uint64_t k = 0;; k++) {
+    p.dst = dst;
+    for (int t = 0; t < nw; t++) {
+        if (pthread_create(&p.workers[p.nworkers], NULL, compress_worker, &p) == 0)
+            p.nworkers++;
+    }
+    if (p.nworkers == 0) {
+        pipe_finish(&p);
+        return log_fail(-EAGAIN, "cannot start compression threads");
+    }
+    for (uint64_t k = 0; ret == 0; k++) {
         struct conv_chunk *c = pipe_peek(&p, k);
-        if (!c->end)
-            compress_start(w, nw, dst, c, cs, fresh);
-        if (prev) {
-            if (ret == 0)
-                ret = compress_store(dst, prev, cs);
-            progress(show && ret == 0, prev->doff + prev->len, total);
-            pipe_release(&p);
-        }
         if (c->end) {
-            if (ret == 0)
-                ret = c->err;
+            ret = c->err;
             break;
         }
-        compress_join(w, nw);
-        if (ret < 0)
-            break;
-        prev = c;
+        pthread_mutex_lock(&p.lock);
+        while (c->done_jobs < c->njobs)
+            pthread_cond_wait(&p.cond, &p.lock);
+        pthread_mutex_unlock(&p.lock);
+        ret = compress_store(dst, c, cs);
+        progress(show && ret == 0, c->doff + c->len, total);
+        pipe_release(&p);
     }
     pipe_finish(&p);
     return ret;
@@ -1220,7 +1230,7 @@ static int convert_plain(struct source *src, int nsrc, uint64_t total, struct bl
                          struct block_dev *base, bool fresh, uint64_t sparse, bool show)
 {
     struct conv_pipe p;
-    int err = pipe_start(&p, src, nsrc, total, base, 0);
+    int err = pipe_start(&p, src, nsrc, total, base, 0, fresh);
     if (err < 0)
         return err;
     for (uint64_t k = 0; !err; k++) {
