@@ -1,7 +1,8 @@
 #!/bin/bash
 # Time ember-img against qemu-img on the same work and print the ratios
-# (ember / qemu: below 1.0 means ember-img is faster). One run each, so on a
-# busy machine single rows can swing by 2x; compare CPU time (perf stat) too.
+# (ember / qemu: below 1.0 means ember-img is faster): wall-clock time and
+# CPU time (user + system, all threads). One run each; on a busy machine
+# the wall-clock column can swing by 2x, the CPU column much less.
 #   bench/img.sh [EMBER_IMG] [SIZE_MiB]      default: build/src/tools/ember-img, 2048
 set -eu
 E=${1:-build/src/tools/ember-img}
@@ -24,20 +25,21 @@ for ((i = 0; i < SIZE_MB; i += step * 4)); do
 done
 sync
 
-t() { # t CMD...: wall seconds of one run (after writing back what earlier runs left dirty)
-    local s e
+t() { # t CMD...: "wall cpu" seconds of one run (after writing back what earlier runs left dirty)
     sync
-    s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
-    echo "$e - $s" | bc -l
+    /usr/bin/time -f "%e %U %S" -o "$T/time" "$@" >/dev/null 2>&1
+    awk '{ printf "%s %.2f", $1, $2 + $3 }' "$T/time"
 }
 row() { # row LABEL EMBER_CMD -- QEMU_CMD
     local label=$1; shift
     local ecmd=() qcmd=()
     while [ "$1" != "--" ]; do ecmd+=("$1"); shift; done; shift
     qcmd=("$@")
-    local te tq
-    te=$(t "${ecmd[@]}"); tq=$(t "${qcmd[@]}")
-    printf "%-34s ember %8.2fs   qemu %8.2fs   ratio %5.2f\n" "$label" "$te" "$tq" "$(echo "$te / $tq" | bc -l)"
+    local ew ec qw qc
+    read -r ew ec <<<"$(t "${ecmd[@]}")"
+    read -r qw qc <<<"$(t "${qcmd[@]}")"
+    printf "%-28s wall: ember %7.2fs qemu %7.2fs ratio %5.2f | cpu: ember %6.2fs qemu %6.2fs ratio %5.2f\n" \
+        "$label" "$ew" "$qw" "$(echo "$ew / $qw" | bc -l)" "$ec" "$qc" "$(echo "($ec + 0.005) / ($qc + 0.005)" | bc -l)"
 }
 
 row "convert raw -> qcow2" "$E" convert -O qcow2 src.raw e.qcow2 -- qemu-img convert -O qcow2 src.raw q.qcow2

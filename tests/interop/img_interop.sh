@@ -99,9 +99,12 @@ readback() { # readback IMAGE LABEL
     if ! $E convert -O raw "$1" back.raw 2>err.txt; then fail "read $2: $(cat err.txt)"; return; fi
     qemu-img convert -O raw "$1" want.raw
     cmp -s want.raw back.raw || fail "content differs: $2"
+    $E info --output=json "$1" > ours.json && qemu-img info --output=json "$1" > qemu.json
+    json_same ours.json qemu.json actual-size || fail "info json differs: $2"
 }
 for o in "cluster_size=512" "cluster_size=65536" "cluster_size=2M" "compat=0.10" \
-         "refcount_bits=1" "refcount_bits=64" "extended_l2=on" "extended_l2=on,cluster_size=16k"; do
+         "refcount_bits=1" "refcount_bits=64" "extended_l2=on" "extended_l2=on,cluster_size=16k" \
+         "lazy_refcounts=on" "preallocation=metadata" "preallocation=falloc"; do
     qemu-img convert -O qcow2 -o $o src.raw q.qcow2 && readback q.qcow2 "$o"
 done
 for ct in zlib zstd; do
