@@ -55,5 +55,21 @@ int guest_mem_write(const struct guest_mem *m, uint64_t gpa, const void *buf, si
     if (!p)
         return -EFAULT;
     memcpy(p, buf, len);
+    if (m->write_hook)
+        m->write_hook(m->write_hook_opaque, gpa, len);
     return 0;
+}
+
+void guest_mem_note_host_write(const struct guest_mem *m, const void *host, size_t len)
+{
+    if (!m->write_hook || !len)
+        return;
+    const uint8_t *h = host;
+    for (unsigned i = 0; i < m->nr_regions; i++) {
+        const struct guest_mem_region *r = &m->regions[i];
+        if (h >= r->host && (uint64_t)(h - r->host) < r->size) {
+            m->write_hook(m->write_hook_opaque, r->gpa + (uint64_t)(h - r->host), len);
+            return;
+        }
+    }
 }

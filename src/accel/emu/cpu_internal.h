@@ -115,6 +115,7 @@ struct tlb_entry {
     uint64_t vpn;      /* virtual page number + 1 (0 = empty) */
     uint64_t gpa_page; /* guest-physical page address */
     uint8_t *host;     /* host pointer to the page, NULL for MMIO */
+    uint32_t *code;    /* the page's code word (tb.c), NULL outside RAM */
     uint8_t user;      /* U/S: user-accessible along the whole walk */
     uint8_t rw;        /* R/W along the whole walk */
     uint8_t dirty;     /* D already set (or paging off): writes may hit */
@@ -162,18 +163,13 @@ union emu_xmm {
     double dbl[2];
 };
 
-/* Decoded-instruction cache: keyed by the host address of the instruction's
- * bytes; an entry is used only if the bytes still match (so self-modifying
- * code and DMA into code need no invalidation) and the CPU mode is the same. */
-#define DCACHE_BITS 11
-#define DCACHE_SIZE (1u << DCACHE_BITS)
-struct dcache_entry {
-    const uint8_t *host;
-    uint64_t bytes[2]; /* the instruction's bytes, zero-padded */
-    uint64_t mask[2];  /* which bits of bytes[] belong to it */
-    uint8_t mode;
-    struct insn in;
-};
+/* Translation blocks (tb.c): per-vCPU direct-mapped table of decoded
+ * straight-line code, keyed by guest-physical address. */
+#define TB_HASH_BITS 12
+#define TB_HASH_SIZE (1u << TB_HASH_BITS)
+#define TB_MAX_INSNS 32
+struct tb;
+struct code_map;
 
 struct emu_cpu {
     uint64_t regs[16];
@@ -229,7 +225,10 @@ struct emu_cpu {
     struct tlb_entry tlb[TLB_SIZE];
     uint64_t insn_count;
     uint64_t insn_limit; /* tests: emu_cpu_run returns EMU_EXIT_STOP at this count (0 = none) */
-    struct dcache_entry dcache[DCACHE_SIZE];
+    struct tb **tbs;          /* TB_HASH_SIZE slots */
+    struct tb *tb_rec;        /* the block being recorded */
+    struct code_map *code_map; /* shared with the other vCPUs on the same guest_mem */
+    bool exit_tb;             /* a store hit a code page: leave the current block */
 
     struct guest_mem *mem;
     const struct emu_platform_ops *ops;
@@ -311,6 +310,24 @@ void cpu_sys_write(struct emu_cpu *cpu, uint64_t lin, uint64_t val, unsigned siz
 void cpu_push(struct emu_cpu *cpu, uint64_t val, unsigned size);
 uint64_t cpu_pop(struct emu_cpu *cpu, unsigned size);
 uint64_t cpu_stack_mask(const struct emu_cpu *cpu);
+
+/* ---- translation blocks and code pages (tb.c) ---- */
+struct code_map *code_map_get(const struct guest_mem *mem);
+void code_map_put(struct code_map *m);
+uint32_t *code_map_word(struct code_map *m, uint64_t gpa);
+void code_page_written(struct emu_cpu *cpu, uint32_t *w);
+/* After a store to RAM through a TLB entry: invalidate the page's blocks if
+ * it has any. Cheap when it has none: one load. */
+static inline void code_note_write(struct emu_cpu *cpu, uint32_t *w)
+{
+    if (w && __builtin_expect(__atomic_load_n(w, __ATOMIC_RELAXED) & 1, 0))
+        code_page_written(cpu, w);
+}
+bool tb_init(struct emu_cpu *cpu);
+void tb_free(struct emu_cpu *cpu);
+void tb_flush(struct emu_cpu *cpu);
+/* Runs one block (at most max instructions) from cpu->rip; faults longjmp. */
+void tb_run(struct emu_cpu *cpu, unsigned max);
 
 /* ---- decode (decode.c) ---- */
 /* Fetches and decodes the instruction at cpu->rip. Raises #UD/#PF/#GP. */

@@ -26,12 +26,21 @@ struct emu_cpu *emu_cpu_new(struct guest_mem *mem, const struct emu_platform_ops
     cpu->apic_id = apic_id;
     cpu->nr_cpus = nr_cpus ? nr_cpus : 1;
     cpu->tsc_epoch_ns = host_ns();
+    cpu->code_map = code_map_get(mem);
+    if (!cpu->code_map || !tb_init(cpu)) {
+        emu_cpu_free(cpu);
+        return NULL;
+    }
     emu_cpu_reset(cpu);
     return cpu;
 }
 
 void emu_cpu_free(struct emu_cpu *cpu)
 {
+    if (!cpu)
+        return;
+    tb_free(cpu);
+    code_map_put(cpu->code_map);
     free(cpu);
 }
 
@@ -45,6 +54,7 @@ static void seg_real(struct emu_seg *s, uint16_t sel, uint16_t attr)
 
 void emu_cpu_reset(struct emu_cpu *cpu)
 {
+    tb_flush(cpu); /* memory may have been reloaded behind our back */
     memset(cpu->regs, 0, sizeof(cpu->regs));
     cpu->regs[R_DX] = 0x600; /* family 6 model 0 stepping 0 reset signature */
     cpu->rip = 0xfff0;
@@ -116,6 +126,7 @@ void emu_cpu_set_state(struct emu_cpu *cpu, const struct cpu_state *s)
     static const int order[16] = {R_AX, R_BX, R_CX, R_DX, R_SI, R_DI, R_SP, R_BP,
                                   8, 9, 10, 11, 12, 13, 14, 15};
     const uint64_t *src = &s->rax;
+    tb_flush(cpu); /* a new state (restore, tests) may come with new code in RAM */
     for (int i = 0; i < 16; i++)
         cpu->regs[order[i]] = src[i];
     cpu->rip = s->rip;
@@ -201,16 +212,6 @@ uint64_t emu_cpu_insn_count(const struct emu_cpu *cpu)
 uint64_t emu_cpu_tsc(struct emu_cpu *cpu)
 {
     return host_ns() - cpu->tsc_epoch_ns + cpu->tsc_offset;
-}
-
-void emu_invalidate_code(struct guest_mem *mem, uint64_t gpa, uint64_t len)
-{
-    /* Nothing to do yet: instructions are decoded from guest memory every
-     * time they execute, so DMA and self-modifying code are always seen.
-     * This is the hook for the decoded-instruction cache. */
-    (void)mem;
-    (void)gpa;
-    (void)len;
 }
 
 void emu_cpu_dump(struct emu_cpu *cpu, FILE *out)
@@ -439,10 +440,13 @@ static bool check_events(struct emu_cpu *cpu)
     return true;
 }
 
+/* Instructions the run loop lets run between its checks of *stop and the
+ * instruction limit; interrupts are looked at after every block. */
+#define SLICE_INSNS 256
+
 /* Runs instructions until an exit; faults longjmp out to emu_cpu_run. */
 static enum emu_exit run_slice(struct emu_cpu *cpu, atomic_bool *stop)
 {
-    struct insn in;
     for (;;) {
         if (stop && atomic_load_explicit(stop, memory_order_relaxed))
             return EMU_EXIT_STOP;
@@ -451,14 +455,13 @@ static enum emu_exit run_slice(struct emu_cpu *cpu, atomic_bool *stop)
         check_events(cpu);
         if (cpu->halted)
             return EMU_EXIT_HLT;
-        for (int i = 0; i < 64; i++) {
-            bool single_step = cpu->rflags & F_TF;
-            cpu->insn_rip = cpu->rip;
-            cpu_decode(cpu, &in);
-            cpu_exec(cpu, &in);
-            cpu->insn_count++;
-            if (single_step) {
+        uint64_t end = cpu->insn_count + SLICE_INSNS;
+        if (cpu->insn_limit && end > cpu->insn_limit)
+            end = cpu->insn_limit;
+        do {
+            if (cpu->rflags & F_TF) {
                 /* TF set before the instruction: #DB trap after it. */
+                tb_run(cpu, 1);
                 cpu->dr[6] |= 1u << 14; /* BS */
                 cpu->insn_rip = cpu->rip;
                 cpu->delivering = EXC_DB;
@@ -467,10 +470,9 @@ static enum emu_exit run_slice(struct emu_cpu *cpu, atomic_bool *stop)
                 cpu->halted = false;
                 break;
             }
-            if (cpu->halted || cpu->shadow ||
-                atomic_load_explicit(&cpu->irq_check, memory_order_relaxed))
-                break;
-        }
+            tb_run(cpu, (unsigned)(end - cpu->insn_count));
+        } while (cpu->insn_count < end && !cpu->halted && !cpu->shadow &&
+                 !atomic_load_explicit(&cpu->irq_check, memory_order_relaxed));
     }
 }
 

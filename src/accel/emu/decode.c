@@ -285,57 +285,9 @@ static void decode_full(struct emu_cpu *cpu, struct insn *in)
     in->len = (uint8_t)f.pos;
 }
 
-static unsigned dcache_index(const uint8_t *p)
-{
-    uintptr_t a = (uintptr_t)p;
-    return (unsigned)((a ^ (a >> DCACHE_BITS)) & (DCACHE_SIZE - 1));
-}
-
-/* Do the bytes at p still match the cached instruction? */
-static bool dcache_match(const struct dcache_entry *d, const uint8_t *p, unsigned off)
-{
-    uint64_t a = 0, b = 0;
-    if (off + 16 <= 4096) {
-        memcpy(&a, p, 8);
-        memcpy(&b, p + 8, 8);
-    } else {
-        uint8_t buf[16] = {0};
-        memcpy(buf, p, 4096 - off < 16 ? 4096 - off : 16);
-        memcpy(&a, buf, 8);
-        memcpy(&b, buf + 8, 8);
-    }
-    return (((a ^ d->bytes[0]) & d->mask[0]) | ((b ^ d->bytes[1]) & d->mask[1])) == 0;
-}
-
 void cpu_decode(struct emu_cpu *cpu, struct insn *in)
 {
-    uint64_t lin = cpu->seg[S_CS].base + cpu->rip;
-    uint8_t mode = (uint8_t)(cpu->code64 | (cpu->code_size << 1));
-    if (!cpu->code64)
-        lin &= 0xffffffffu;
-    const struct tlb_entry *e = mmu_lookup(cpu, lin, ACC_EXEC, cpu->cpl == 3);
-    unsigned off = lin & 0xfff;
-    const uint8_t *p = e->host ? e->host + off : NULL;
-    struct dcache_entry *d = NULL;
-    if (p) {
-        d = &cpu->dcache[dcache_index(p)];
-        if (d->host == p && d->mode == mode && off + d->in.len <= 4096 && dcache_match(d, p, off)) {
-            *in = d->in;
-            in->start = cpu->rip;
-            return;
-        }
-    }
     decode_full(cpu, in);
-    if (d && off + in->len <= 4096) {
-        uint8_t buf[16] = {0}, mbuf[16] = {0};
-        memcpy(buf, p, in->len);
-        memset(mbuf, 0xff, in->len);
-        d->host = p;
-        d->mode = mode;
-        memcpy(d->bytes, buf, 16);
-        memcpy(d->mask, mbuf, 16);
-        d->in = *in;
-    }
 }
 
 int cpu_ea_seg(const struct insn *in)

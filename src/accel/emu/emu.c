@@ -343,6 +343,11 @@ static bool emu_available(const char **why)
     return true; /* pure software: runs anywhere */
 }
 
+static void emu_dma_written(void *opaque, uint64_t gpa, uint64_t len)
+{
+    emu_invalidate_code(opaque, gpa, len);
+}
+
 static void emu_destroy(struct accel *a)
 {
     if (!a)
@@ -370,6 +375,8 @@ static void emu_destroy(struct accel *a)
     pthread_rwlock_destroy(&a->vcpus_lock);
     pthread_mutex_destroy(&a->timer_lock);
     pthread_cond_destroy(&a->timer_cond);
+    if (a->cfg.mem && a->cfg.mem->write_hook == emu_dma_written)
+        a->cfg.mem->write_hook = NULL;
     free(a);
 }
 
@@ -384,6 +391,8 @@ static int emu_create(const struct accel_config *cfg, struct accel **out)
     struct accel *a = xzalloc(sizeof(*a));
     a->cfg = *cfg;
     a->stop = cfg->stop ? cfg->stop : &a->own_stop;
+    cfg->mem->write_hook = emu_dma_written; /* DMA into code: drop decoded blocks */
+    cfg->mem->write_hook_opaque = cfg->mem;
     pthread_rwlock_init(&a->vcpus_lock, NULL);
     pthread_mutex_init(&a->timer_lock, NULL);
     cond_init_monotonic(&a->timer_cond);

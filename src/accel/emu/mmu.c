@@ -216,6 +216,7 @@ const struct tlb_entry *mmu_translate(struct emu_cpu *cpu, uint64_t lin, enum ac
     e->vpn = 0;
     page_walk(cpu, lin, acc, user, e);
     e->host = guest_mem_ptr(cpu->mem, e->gpa_page, 4096);
+    e->code = e->host ? code_map_word(cpu->code_map, e->gpa_page) : NULL;
     e->vpn = vpn + 1;
     return e;
 }
@@ -238,6 +239,8 @@ void phys_write(struct emu_cpu *cpu, uint64_t gpa, uint64_t val, unsigned size)
     void *p = guest_mem_ptr(cpu->mem, gpa, size);
     if (p) {
         memcpy(p, &val, size);
+        code_note_write(cpu, code_map_word(cpu->code_map, gpa));
+        code_note_write(cpu, code_map_word(cpu->code_map, gpa + size - 1));
         return;
     }
     if (cpu->ops && cpu->ops->mmio_write)
@@ -281,6 +284,7 @@ void mmu_write_lin(struct emu_cpu *cpu, uint64_t lin, uint64_t val, unsigned siz
     const struct tlb_entry *e = mmu_lookup(cpu, lin, ACC_WRITE, user);
     if (e->host) {
         memcpy(e->host + off, &val, size);
+        code_note_write(cpu, e->code);
         return;
     }
     phys_write(cpu, e->gpa_page + off, val, size);
@@ -321,5 +325,11 @@ void *mmu_rmw_ptr(struct emu_cpu *cpu, uint64_t lin, unsigned size, bool user)
     if ((lin & (size - 1)) != 0)
         return NULL;
     const struct tlb_entry *e = mmu_translate(cpu, lin, ACC_WRITE, user);
-    return e->host ? e->host + (lin & 0xfff) : NULL;
+    if (!e->host)
+        return NULL;
+    /* Invalidated before the caller's write: only a block recorded by another
+     * vCPU in the same instant could miss it, which x86 leaves undefined
+     * (cross-modifying code must be synchronized by the guest). */
+    code_note_write(cpu, e->code);
+    return e->host + (lin & 0xfff);
 }

@@ -239,6 +239,9 @@ void virtq_unpop(struct virtq *vq, struct virtq_elem *elem)
 
 void virtq_push(struct virtq *vq, struct virtq_elem *elem, uint32_t len)
 {
+    /* The device may have written any of the writable buffers. */
+    for (unsigned i = 0; vq->mem && i < elem->nr_in; i++)
+        guest_mem_note_host_write(vq->mem, elem->in[i].iov_base, elem->in[i].iov_len);
     if (virtq_ready(vq)) {
         unsigned slot = vq->used_idx & (vq->size - 1);
         uint8_t *ue = vq->used + USED_RING + (size_t)USED_ELEM_SIZE * slot;

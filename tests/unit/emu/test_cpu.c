@@ -273,6 +273,44 @@ static void test_self_modifying(void **state)
     assert_int_equal(s.rax, 5 + 0x11 + 0x22);
 }
 
+/* A device (DMA) rewrites code the CPU has already run: guest_mem's write
+ * hook -> emu_invalidate_code() must make the next pass decode it afresh. */
+static void (*dma_pio_write_orig)(void *, struct emu_cpu *, uint16_t, uint32_t, unsigned);
+
+static void dma_hook(void *opaque, uint64_t gpa, uint64_t len)
+{
+    emu_invalidate_code(opaque, gpa, len);
+}
+
+static void dma_pio_write(void *o, struct emu_cpu *c, uint16_t port, uint32_t val, unsigned size)
+{
+    struct harness *h = o;
+    uint8_t next = (uint8_t)(val + 1);
+    dma_pio_write_orig(o, c, port, val, size);
+    assert_int_equal(guest_mem_write(&h->mem, H_CODE + 6, &next, 1), 0); /* mov eax, val+1 */
+}
+
+static void test_dma_invalidates_code(void **state)
+{
+    struct harness *h = *state;
+    static const uint8_t code[] = {
+        0xb9, 0x03, 0x00, 0x00, 0x00, /* mov ecx, 3 */
+        0xb8, 0x01, 0x00, 0x00, 0x00, /* top: mov eax, 1 (imm patched by "DMA") */
+        0xe6, 0xe9,                   /* out 0xe9, al */
+        0xff, 0xc9,                   /* dec ecx */
+        0x75, 0xf5,                   /* jnz top */
+        0xf4,                         /* hlt */
+    };
+    h_enter_long(h, code, sizeof(code));
+    h->mem.write_hook = dma_hook;
+    h->mem.write_hook_opaque = &h->mem;
+    dma_pio_write_orig = h->ops.pio_write;
+    h->ops.pio_write = dma_pio_write;
+    assert_int_equal(h_run(h), EMU_EXIT_HLT);
+    assert_int_equal(h->out_len, 3);
+    assert_memory_equal(h->out, "\x01\x02\x03", 3);
+}
+
 static void test_x87(void **state)
 {
     struct harness *h = *state;
@@ -402,6 +440,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_triple_fault, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmio, setup, teardown),
         cmocka_unit_test_setup_teardown(test_self_modifying, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dma_invalidates_code, setup, teardown),
         cmocka_unit_test_setup_teardown(test_x87, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fxsave, setup, teardown),
         cmocka_unit_test_setup_teardown(test_double_fault_ist, setup, teardown),

@@ -67,6 +67,7 @@ void emu_cpu_raise_irq_check(struct emu_cpu *cpu) { atomic_store(&cpu->irq_check
 bool emu_cpu_interrupts_enabled(const struct emu_cpu *cpu) { return true; }
 void emu_cpu_dump(struct emu_cpu *cpu, FILE *out) { fprintf(out, "stub cpu %u\n", cpu->apic_id); }
 uint64_t emu_cpu_tsc(struct emu_cpu *cpu) { return 0; }
+void emu_invalidate_code(struct guest_mem *mem, uint64_t gpa, uint64_t len) {}
 
 enum emu_exit emu_cpu_run(struct emu_cpu *cpu, atomic_bool *stop)
 {
