@@ -261,7 +261,7 @@ grep -q am1.qcow2 err.txt || fail "amend error does not name the image"
 # A dirty image (lazy refcounts, writer killed by qemu-io): check finds what
 # qemu-img finds; a writable open repairs it as QEMU does.
 qemu-img create -q -f qcow2 -o lazy_refcounts=on dirty.qcow2 4M
-bash -c "qemu-io -c 'write -P 0x66 0 1M' -c 'sigraise 9' dirty.qcow2" >/dev/null 2>&1
+bash -c "qemu-io -c 'write -P 0x66 0 1M' -c 'sigraise 9' dirty.qcow2; true" >/dev/null 2>&1
 if qemu-img info dirty.qcow2 | grep -q 'cleanly shut down: no'; then
     $E info --output=json dirty.qcow2 > ours.json && qemu-img info --output=json dirty.qcow2 > qemu.json
     json_same ours.json qemu.json actual-size || fail "info json of a dirty image"
