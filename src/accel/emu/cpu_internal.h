@@ -148,6 +148,8 @@ struct insn {
     uint8_t scale;
     int64_t disp;
     uint64_t imm, imm2;
+    /* exec_fast.c's handler for this form, or NULL (cpu_exec()) */
+    void (*fast)(struct emu_cpu *cpu, const struct insn *in);
 };
 
 union emu_xmm {
@@ -335,6 +337,8 @@ void cpu_decode(struct emu_cpu *cpu, struct insn *in);
 
 /* ---- execute (exec.c, exec_sys.c, fpu_sse.c) ---- */
 void cpu_exec(struct emu_cpu *cpu, struct insn *in);
+/* Sets in->fast when exec_fast.c has a handler for the form (64-bit mode). */
+void cpu_fast_select(const struct emu_cpu *cpu, struct insn *in);
 bool cpu_exec_system(struct emu_cpu *cpu, struct insn *in); /* 0f xx system ops; false = not handled */
 bool cpu_exec_sse(struct emu_cpu *cpu, struct insn *in);    /* false = not handled */
 bool cpu_exec_x87(struct emu_cpu *cpu, struct insn *in);    /* d8-df */

@@ -236,6 +236,17 @@ static uint64_t next_rip(const struct emu_cpu *cpu, const struct insn *in)
     return cpu->code64 ? n : n & 0xffffffffu;
 }
 
+/* Fast handlers exist only for 64-bit code: RIP needs no truncation. */
+static inline void exec_insn(struct emu_cpu *cpu, struct insn *in)
+{
+    if (in->fast) {
+        cpu->rip = in->start + in->len;
+        in->fast(cpu, in);
+    } else {
+        cpu_exec(cpu, in);
+    }
+}
+
 static void tb_exec(struct emu_cpu *cpu, struct tb *tb, unsigned max)
 {
     unsigned n = tb->n < max ? tb->n : max;
@@ -243,7 +254,7 @@ static void tb_exec(struct emu_cpu *cpu, struct tb *tb, unsigned max)
     for (unsigned i = 0; i < n; i++) {
         struct insn *in = &tb->insns[i];
         in->start = cpu->insn_rip = cpu->rip;
-        cpu_exec(cpu, in);
+        exec_insn(cpu, in);
         cpu->insn_count++;
         if (cpu->exit_tb || cpu->rip != next_rip(cpu, in))
             return;
@@ -278,9 +289,10 @@ static void tb_record(struct emu_cpu *cpu, uint64_t gpa, uint8_t mode, uint32_t 
         struct insn *in = &r->insns[r->n];
         cpu->insn_rip = cpu->rip;
         cpu_decode(cpu, in);
+        cpu_fast_select(cpu, in);
         bool fits = off + in->len <= 4096;
         bool ends = insn_ends_block(in);
-        cpu_exec(cpu, in);
+        exec_insn(cpu, in);
         cpu->insn_count++;
         if (!fits)
             break;
