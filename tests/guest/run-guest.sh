@@ -4,7 +4,8 @@
 #   run-guest.sh [--append WORDS] [--timeout SEC] [--disk-format raw|qcow2]
 #                VMM GUEST.elf [VMM args...]
 #
-# VMM is "qemu" (Debian's qemu-system-x86_64 -M q35 -accel kvm) or the path
+# VMM is "qemu" (Debian's qemu-system-x86_64 -M q35 -accel kvm, or
+# -accel $QEMU_ACCEL when set, e.g. tcg) or the path
 # of the ember binary (extra args such as "-accel kvm" pick its accelerator).
 # The guest's name (GUEST.elf without .elf) selects the devices, disk image,
 # CPU count and input it needs. The run passes when the guest's TAP stream
@@ -55,9 +56,10 @@ needs_kvm=false
 is_qemu=false
 if [ "$vmm" = qemu ]; then
   is_qemu=true
-  needs_kvm=true
+  qemu_accel=${QEMU_ACCEL:-kvm} # bench/tcg.sh sets tcg
+  [ "$qemu_accel" = tcg ] || needs_kvm=true
   qemu=$(command -v qemu-system-x86_64) || skip "qemu-system-x86_64 is not installed"
-  cmd=("$qemu" -M q35 -accel kvm -nographic -no-reboot -m 64 -nic none
+  cmd=("$qemu" -M q35 -accel "$qemu_accel" -nographic -no-reboot -m 64 -nic none
        -device isa-debug-exit,iobase=0xf4,iosize=0x04)
   virtio_opts=",disable-legacy=on"   # modern-only IDs (0x1040 + type) on q35
 else
