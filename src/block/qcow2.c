@@ -2183,27 +2183,73 @@ void qcow2_get_info(struct block_dev *bd, struct qcow2_info *info)
 
 /* ---------------------------------------------------------------- compressed writes */
 
+/* Compression state, one per thread and reused cluster after cluster
+ * (setting it up costs about as much as compressing a small cluster). */
+struct compress_ctx {
+    z_stream z;
+    bool z_ready;
+    ZSTD_CCtx *zc;
+};
+
+static pthread_key_t compress_key;
+static pthread_once_t compress_once = PTHREAD_ONCE_INIT;
+
+static void compress_ctx_free(void *opaque)
+{
+    struct compress_ctx *c = opaque;
+    if (c->z_ready)
+        deflateEnd(&c->z);
+    ZSTD_freeCCtx(c->zc);
+    free(c);
+}
+
+static void compress_key_init(void)
+{
+    if (pthread_key_create(&compress_key, compress_ctx_free) != 0)
+        die("cannot create a thread key");
+}
+
+static struct compress_ctx *compress_ctx_get(void)
+{
+    pthread_once(&compress_once, compress_key_init);
+    struct compress_ctx *c = pthread_getspecific(compress_key);
+    if (!c) {
+        c = xzalloc(sizeof(*c));
+        pthread_setspecific(compress_key, c);
+    }
+    return c;
+}
+
 /* Compress one cluster into dst (capacity cs); -ENOSPC when it would not
  * save at least a sector. Touches no image state: safe from any thread. */
 static int compress_into(int ctype, uint64_t cs, const uint8_t *src, uint8_t *dst,
                          uint64_t *out_len)
 {
     uint64_t cap = cs - 512;
+    struct compress_ctx *c = compress_ctx_get();
     if (ctype == 0) {
-        z_stream z;
-        memset(&z, 0, sizeof(z));
-        if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
-            return -ENOMEM;
-        z.next_in = (Bytef *)src;
-        z.avail_in = (uInt)cs;
-        z.next_out = dst;
-        z.avail_out = (uInt)cap;
-        int zr = deflate(&z, Z_FINISH);
-        *out_len = cap - z.avail_out;
-        deflateEnd(&z);
+        /* Raw deflate with a 4 KiB window, as QEMU reads it. */
+        z_stream *z = &c->z;
+        if (!c->z_ready) {
+            memset(z, 0, sizeof(*z));
+            if (deflateInit2(z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
+                             Z_DEFAULT_STRATEGY) != Z_OK)
+                return -ENOMEM;
+            c->z_ready = true;
+        } else if (deflateReset(z) != Z_OK) {
+            return -EIO;
+        }
+        z->next_in = (Bytef *)src;
+        z->avail_in = (uInt)cs;
+        z->next_out = dst;
+        z->avail_out = (uInt)cap;
+        int zr = deflate(z, Z_FINISH);
+        *out_len = cap - z->avail_out;
         return zr == Z_STREAM_END ? 0 : -ENOSPC;
     }
-    size_t r = ZSTD_compress(dst, cap, src, cs, ZSTD_CLEVEL_DEFAULT);
+    if (!c->zc && !(c->zc = ZSTD_createCCtx()))
+        return -ENOMEM;
+    size_t r = ZSTD_compressCCtx(c->zc, dst, cap, src, cs, ZSTD_CLEVEL_DEFAULT);
     if (ZSTD_isError(r))
         return -ENOSPC;
     *out_len = r;
