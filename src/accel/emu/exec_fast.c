@@ -11,6 +11,8 @@
 
 #include "accel/emu/cpu_internal.h"
 
+typedef void (*fast_fn)(struct emu_cpu *cpu, const struct insn *in);
+
 /* ---- operands ------------------------------------------------------------- */
 
 static inline uint64_t fast_ea(const struct emu_cpu *cpu, const struct insn *in)
@@ -294,9 +296,183 @@ static void f_pop(struct emu_cpu *cpu, const struct insn *in) /* 58+r */
     cpu->regs[(in->op & 7) | ((in->rex & 1) << 3)] = v;
 }
 
-/* ---- selection ------------------------------------------------------------------ */
+/* ---- shifts, multiply, conditional moves ---------------------------------------- */
 
-typedef void (*fast_fn)(struct emu_cpu *cpu, const struct insn *in);
+/* SF/ZF/PF of a result, as exec.c's szp(). */
+static inline uint64_t fast_szp(uint64_t r, unsigned size)
+{
+    uint64_t f = 0;
+    r &= mask_of(size);
+    if (!r)
+        f |= F_ZF;
+    if (r >> (size * 8 - 1))
+        f |= F_SF;
+    if (!(__builtin_popcount((unsigned)(r & 0xff)) & 1))
+        f |= F_PF;
+    return f;
+}
+
+static inline void set_arith_flags(struct emu_cpu *cpu, uint64_t f)
+{
+    cpu_flags_materialize(cpu);
+    cpu->rflags = (cpu->rflags & ~(uint64_t)F_ARITH) | f;
+}
+
+/* c1 /4 /5 /7 (shl/shr/sar r, imm8) and d1 (by 1) on a register; flags as
+ * exec.c's shift_fn(). A zero count changes nothing (not even flags). */
+static inline void shift_reg(struct emu_cpu *cpu, const struct insn *in, unsigned cnt)
+{
+    unsigned size = in->opsize, bits = size * 8;
+    cnt &= size == 8 ? 63 : 31;
+    uint64_t a = reg_val(cpu, in->rm, size), r;
+    bool cf, of;
+    if (cnt == 0) {
+        reg_put(cpu, in->rm, size, a); /* a 32-bit register is still zero-extended */
+        return;
+    }
+    switch (in->reg & 7) {
+    case 5: /* SHR */
+        r = a >> cnt;
+        cf = (a >> (cnt - 1)) & 1;
+        of = a >> (bits - 1);
+        break;
+    case 7: { /* SAR */
+        int64_t sv = size == 8 ? (int64_t)a : (int64_t)(int32_t)a;
+        r = (uint64_t)(sv >> cnt) & mask_of(size);
+        cf = (sv >> (cnt - 1)) & 1;
+        of = false;
+        break;
+    }
+    default: /* SHL/SAL */
+        r = (a << cnt) & mask_of(size);
+        cf = (a >> (bits - cnt)) & 1;
+        of = (r >> (bits - 1)) ^ cf;
+        break;
+    }
+    set_arith_flags(cpu, fast_szp(r, size) | (cf ? F_CF : 0) | (of ? F_OF : 0));
+    reg_put(cpu, in->rm, size, r);
+}
+
+static void f_shift_imm(struct emu_cpu *cpu, const struct insn *in)
+{
+    shift_reg(cpu, in, (unsigned)in->imm);
+}
+
+static void f_shift_1(struct emu_cpu *cpu, const struct insn *in)
+{
+    shift_reg(cpu, in, 1);
+}
+
+static void f_shift_cl(struct emu_cpu *cpu, const struct insn *in)
+{
+    shift_reg(cpu, in, (unsigned)cpu->regs[R_CX] & 0xff);
+}
+
+/* imul reg, r/m (0f af); flags as exec.c's imul2(). */
+static void f_imul(struct emu_cpu *cpu, const struct insn *in)
+{
+    unsigned size = in->opsize;
+    uint64_t b = rm_val(cpu, in, size), a = reg_val(cpu, in->reg, size), lo;
+    bool ov;
+    if (size == 8) {
+        __int128 r = (__int128)(int64_t)a * (int64_t)b;
+        lo = (uint64_t)r;
+        ov = r != (__int128)(int64_t)lo;
+    } else {
+        int64_t r = (int64_t)(int32_t)a * (int32_t)b;
+        lo = (uint64_t)r & 0xffffffffu;
+        ov = r != (int64_t)(int32_t)lo;
+    }
+    set_arith_flags(cpu, (ov ? (F_CF | F_OF) : 0) | fast_szp(lo, size));
+    reg_put(cpu, in->reg, size, lo);
+}
+
+static void f_cmov(struct emu_cpu *cpu, const struct insn *in) /* 0f 40-4f: loads either way */
+{
+    uint64_t v = rm_val(cpu, in, in->opsize);
+    if (cpu_cond(cpu, in->op & 0xf))
+        reg_put(cpu, in->reg, in->opsize, v);
+    else
+        reg_put(cpu, in->reg, in->opsize, cpu->regs[in->reg]); /* 32-bit: zero-extends */
+}
+
+static void f_movsxd(struct emu_cpu *cpu, const struct insn *in) /* 63 in 64-bit mode */
+{
+    reg_put(cpu, in->reg, in->opsize, (uint64_t)(int64_t)(int32_t)rm_val(cpu, in, 4));
+}
+
+static void f_nop(struct emu_cpu *cpu, const struct insn *in) /* 0f 1f: hint nop */
+{
+}
+
+/* ---- byte and word forms: registers through cpu_reg_get/set (AH..BH) ------------ */
+
+static void f_mov_store8(struct emu_cpu *cpu, const struct insn *in) /* 88 */
+{
+    uint64_t v = cpu_reg_get(cpu, in->reg, 1, in->rex != 0);
+    if (in->mod == 3)
+        cpu_reg_set(cpu, in->rm, 1, in->rex != 0, v);
+    else
+        store(cpu, in, 1, v);
+}
+
+static void f_mov_load8(struct emu_cpu *cpu, const struct insn *in) /* 8a */
+{
+    uint64_t v = in->mod == 3 ? cpu_reg_get(cpu, in->rm, 1, in->rex != 0) : load(cpu, in, 1);
+    cpu_reg_set(cpu, in->reg, 1, in->rex != 0, v);
+}
+
+static void f_mov_store16(struct emu_cpu *cpu, const struct insn *in) /* 66 89 */
+{
+    uint64_t v = cpu->regs[in->reg] & 0xffff;
+    if (in->mod == 3)
+        cpu_reg_set(cpu, in->rm, 2, true, v);
+    else
+        store(cpu, in, 2, v);
+}
+
+static void f_mov_load16(struct emu_cpu *cpu, const struct insn *in) /* 66 8b */
+{
+    uint64_t v = in->mod == 3 ? cpu->regs[in->rm] & 0xffff : load(cpu, in, 2);
+    cpu_reg_set(cpu, in->reg, 2, true, v);
+}
+
+static void f_setcc(struct emu_cpu *cpu, const struct insn *in) /* 0f 90-9f */
+{
+    uint64_t v = cpu_cond(cpu, in->op & 0xf);
+    if (in->mod == 3)
+        cpu_reg_set(cpu, in->rm, 1, in->rex != 0, v);
+    else
+        store(cpu, in, 1, v);
+}
+
+/* cmp r/m8, imm8 (80 /7): no write, so no read-modify-write fault subtleties */
+static void f_cmp8_imm(struct emu_cpu *cpu, const struct insn *in)
+{
+    uint64_t a = in->mod == 3 ? cpu_reg_get(cpu, in->rm, 1, in->rex != 0) : load(cpu, in, 1);
+    uint64_t b = in->imm & 0xff;
+    cpu_lazy(cpu, LF_SUB, 1, (a - b) & 0xff, a, b);
+}
+
+/* Forms whose operand size is fixed by the opcode (byte) or 16-bit moves. */
+static fast_fn select_small(const struct insn *in)
+{
+    uint8_t op = in->op;
+    if (in->map == 1)
+        return op >= 0x90 && op <= 0x9f ? f_setcc : NULL;
+    if (in->map != 0)
+        return NULL;
+    switch (op) {
+    case 0x88: return f_mov_store8;
+    case 0x8a: return f_mov_load8;
+    case 0x80: return (in->reg & 7) == 7 ? f_cmp8_imm : NULL;
+    case 0x89: return in->opsize == 2 ? f_mov_store16 : NULL;
+    case 0x8b: return in->opsize == 2 ? f_mov_load16 : NULL;
+    }
+    return NULL;
+}
+
+/* ---- selection ------------------------------------------------------------------ */
 
 static fast_fn select_alu(const struct insn *in)
 {
@@ -322,13 +498,23 @@ void cpu_fast_select(const struct emu_cpu *cpu, struct insn *in)
 {
     uint8_t op = in->op;
     in->fast = NULL;
-    if (!cpu->code64 || in->lock || in->rep || (in->opsize != 4 && in->opsize != 8))
+    if (!cpu->code64 || in->lock || in->rep)
+        return;
+    if ((in->fast = select_small(in)))
+        return;
+    if (in->opsize != 4 && in->opsize != 8)
         return;
     if (in->map == 1) {
         if (op >= 0x80 && op <= 0x8f)
             in->fast = f_jcc32;
         else if (op == 0xb6 || op == 0xb7)
             in->fast = f_movzx;
+        else if (op == 0xaf)
+            in->fast = f_imul;
+        else if (op >= 0x40 && op <= 0x4f)
+            in->fast = f_cmov;
+        else if (op == 0x1f)
+            in->fast = f_nop;
         return;
     }
     if (in->map != 0)
@@ -361,4 +547,9 @@ void cpu_fast_select(const struct emu_cpu *cpu, struct insn *in)
         in->fast = f_push;
     else if (op >= 0x58 && op <= 0x5f && !in->opsize_prefix)
         in->fast = f_pop;
+    else if (op == 0x63)
+        in->fast = f_movsxd;
+    else if (in->mod == 3 && (op == 0xc1 || op == 0xd1 || op == 0xd3) &&
+             ((in->reg & 7) == 4 || (in->reg & 7) == 5 || (in->reg & 7) == 7))
+        in->fast = op == 0xc1 ? f_shift_imm : op == 0xd1 ? f_shift_1 : f_shift_cl;
 }
