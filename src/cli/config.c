@@ -314,11 +314,13 @@ static int parse_drive(struct vm_config *cfg, const char *arg)
     const char *id = kv_get(&l, "id");
     const char *cache = kv_get(&l, "cache");
     const char *media = kv_get(&l, "media");
+    const char *l2_cache = kv_get(&l, "l2-cache-size");
     kv_get(&l, "aio");     /* the block layer picks io_uring itself */
     kv_get(&l, "discard"); /* discards are always passed down */
     bool readonly = false;
     if (kv_get_bool(&l, "readonly", &readonly) < 0 ||
-        kv_check_unused(&l, "file, if, format, readonly, id, cache, media, aio or discard") < 0)
+        kv_check_unused(&l, "file, if, format, readonly, id, cache, media, aio, discard or "
+                            "l2-cache-size") < 0)
         goto out;
     if (!file || !*file) {
         cli_error("-drive: missing file=: expected e.g. -drive file=disk.qcow2,if=virtio");
@@ -336,6 +338,11 @@ static int parse_drive(struct vm_config *cfg, const char *arg)
         strcmp(cache, "writethrough") && strcmp(cache, "directsync") && strcmp(cache, "unsafe")) {
         cli_error("-drive: cache=%s: expected none, writeback, writethrough, directsync or unsafe",
                   cache);
+        goto out;
+    }
+    uint64_t l2_cache_size = 0;
+    if (l2_cache && (parse_size(l2_cache, 1, &l2_cache_size) < 0 || l2_cache_size == 0)) {
+        cli_error("-drive: l2-cache-size=%s: expected a size in bytes, e.g. 4M", l2_cache);
         goto out;
     }
     if (media && strcmp(media, "disk")) {
@@ -359,6 +366,7 @@ static int parse_drive(struct vm_config *cfg, const char *arg)
         .format = format ? xstrdup(format) : NULL,
         .interface = xstrdup(iface ? iface : "virtio"),
         .readonly = readonly,
+        .l2_cache_size = l2_cache_size,
     };
     if (!strcmp(d->interface, "virtio")) {
         struct device_config *dev = new_device(cfg, "-drive", DEVICE_VIRTIO_BLK);
@@ -1012,7 +1020,8 @@ void config_print_help(FILE *out)
         "Disks and devices:\n"
         "  -drive file=F[,if=virtio|none][,format=raw|qcow2][,readonly=on][,id=ID]\n"
         "                           disk image; if=virtio (default) attaches a virtio-blk\n"
-        "                           device, if=none waits for -device virtio-blk-pci,drive=ID\n"
+        "                           device, if=none waits for -device virtio-blk-pci,drive=ID;\n"
+        "                           qcow2: l2-cache-size=SIZE sets its L2 table cache\n"
         "  -device virtio-blk-pci,drive=ID[,serial=S][,num-queues=N]\n"
         "  -device virtio-rng-pci   entropy source (host getrandom)\n"
         "  -device virtio-serial-pci -device virtconsole[,chardev=ID]\n"

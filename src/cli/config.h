@@ -20,6 +20,7 @@ struct drive_config {
     char *interface;   /* "virtio" or "none" (attached by -device virtio-blk-pci,drive=) */
     bool readonly;
     bool used;         /* claimed by a device */
+    uint64_t l2_cache_size; /* qcow2 l2-cache-size= in bytes, 0 = the block layer's default */
 };
 
 enum device_kind {

@@ -449,6 +449,7 @@ static int machine_add_virtio_blk(struct machine *m, const struct device_config 
         .format = drv->format,
         .readonly = drv->readonly,
         .loop = m->loop,
+        .l2_cache_size = drv->l2_cache_size,
         .what = what,
     };
     struct block_dev *bd = NULL;

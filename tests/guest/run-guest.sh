@@ -125,7 +125,7 @@ blk_device_args() {
       qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$tmp/disk.qcow2" ||
       { echo "run-guest.sh: qemu-img could not make the qcow2 images" >&2; exit 1; }
     sha256sum <"$tmp/base.qcow2" >"$tmp/base.sum"
-    file=$tmp/disk.qcow2
+    file="$tmp/disk.qcow2,l2-cache-size=131072"  # a small L2 cache, as an option
   fi
   cmd+=(-drive "file=$file,format=$disk_format,if=none,id=disk0"
         -device "virtio-blk-pci,drive=disk0,serial=ember-guest-disk${blk_queues:+,num-queues=$blk_queues}$virtio_opts")

@@ -169,6 +169,10 @@ static void test_drives(void **state)
     assert_false(cfg.drives[0].readonly);
     config_free(&cfg);
 
+    assert_int_equal(PARSE(&cfg, "-kernel", "k", "-drive", "file=d.qcow2,l2-cache-size=4M"), 0);
+    assert_int_equal(cfg.drives[0].l2_cache_size, 4 * 1024 * 1024);
+    config_free(&cfg);
+    expect_reject(PARSE(&cfg, "-kernel", "k", "-drive", "file=x,l2-cache-size=lots"), &cfg);
     expect_reject(PARSE(&cfg, "-kernel", "k", "-drive", "file=x,if=ide"), &cfg);
     expect_reject(PARSE(&cfg, "-kernel", "k", "-drive", "file=x,format=vmdk"), &cfg);
     expect_reject(PARSE(&cfg, "-kernel", "k", "-drive", "file=x,bogus=1"), &cfg);
