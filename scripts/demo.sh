@@ -23,7 +23,7 @@ builddir=${BUILDDIR:-build}
 [ -f "$builddir/build.ninja" ] || meson setup "$builddir" >/dev/null
 ninja -C "$builddir" src/tools/ember >/dev/null
 
-cache=${EMBER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ember}
+cache=${EMBER_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/ember}
 mkdir -p "$cache"
 echo "demo: building the guest kernel (cached after the first time)..." >&2
 kernel=$(bash scripts/linux/build-kernel.sh)

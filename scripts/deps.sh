@@ -16,7 +16,7 @@ packages=(
   # Linux guests (tests/e2e, scripts/demo.sh, bench/linux-boot.sh): Debian's
   # stock kernel, and the source and tools to build the small guest kernel
   linux-image-amd64 linux-source-6.1 bc flex bison libelf-dev libssl-dev
-  xz-utils python3
+  xz-utils lz4 python3
 )
 
 missing=()

@@ -11,7 +11,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 fragment=$here/ember-guest.config
 tarball=${LINUX_SOURCE_TARBALL:-/usr/src/linux-source-6.1.tar.xz}
-cache=${EMBER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ember}
+cache=${EMBER_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/ember}
 
 [ -r "$tarball" ] || { echo "build-kernel: $tarball missing (apt-get install linux-source-6.1)" >&2; exit 1; }
 [ -r "$fragment" ] || { echo "build-kernel: $fragment missing" >&2; exit 1; }
