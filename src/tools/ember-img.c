@@ -971,18 +971,43 @@ static int read_plain_chunk(struct conv_pipe *p, struct source *s, uint64_t off,
 }
 
 /* convert -c: COMPRESS_BATCH whole clusters of the concatenated sources. */
+/* Does [off, off+len) of the concatenated sources read as zeroes without
+ * storing data (a hole), by the sources' allocation status alone? */
+static bool concat_is_hole(struct source *src, int nsrc, uint64_t off, uint64_t len)
+{
+    for (int i = 0; i < nsrc; i++) {
+        uint64_t slen = block_length(src[i].bd), pnum;
+        unsigned st;
+        if (off < src[i].start || off - src[i].start >= slen)
+            continue;
+        uint64_t in = off - src[i].start;
+        return len <= slen - in && block_status(src[i].bd, in, len, &pnum, &st) == 0 &&
+               pnum == len && (st & BLOCK_STATUS_ZERO) && !(st & BLOCK_STATUS_DATA);
+    }
+    return false;
+}
+
 static int read_cluster_chunk(struct conv_pipe *p, uint64_t doff, struct conv_chunk *c)
 {
     c->doff = doff;
     c->len = MIN(p->cs * p->chunk_clusters, p->total - doff);
     c->hole = false;
+    c->njobs = (int)div_up(c->len, p->cs);
+    c->next_job = c->done_jobs = 0;
+    if (p->fresh && !p->base && concat_is_hole(p->src, p->nsrc, doff, c->len)) {
+        /* A fresh target already reads zeroes there: nothing to read or write. */
+        for (int i = 0; i < c->njobs; i++) {
+            c->skip[i] = true;
+            c->cret[i] = 0;
+        }
+        return 0;
+    }
     int ret = read_concat(p->src, p->nsrc, doff, c->buf, c->len);
     if (ret == 0 && p->base)
         ret = read_base(p->base, doff, c->bbuf, c->len);
     if (ret < 0)
         return ret;
     /* Clusters a fresh target already reads back need no writing. */
-    c->njobs = (int)div_up(c->len, p->cs);
     for (int i = 0; i < c->njobs; i++) {
         uint64_t o = (uint64_t)i * p->cs, len = MIN(p->cs, c->len - o);
         bool same = p->base ? memcmp(c->buf + o, c->bbuf + o, len) == 0
@@ -990,7 +1015,6 @@ static int read_cluster_chunk(struct conv_pipe *p, uint64_t doff, struct conv_ch
         c->skip[i] = p->fresh && same;
         c->cret[i] = 0;
     }
-    c->next_job = c->done_jobs = 0;
     return 0;
 }
 
