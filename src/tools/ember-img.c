@@ -873,6 +873,21 @@ static int read_concat(struct source *src, int nsrc, uint64_t off, uint8_t *buf,
     return 0;
 }
 
+enum unit_action { UNIT_SKIP, UNIT_ZERO, UNIT_DATA };
+
+/* What convert does with one -S unit of source data: skip it when a fresh
+ * target already reads it back (zeroes, or the -B base's bytes), write it as
+ * zeroes when it is zero and sparse output is on, else write the bytes. */
+static enum unit_action unit_classify(const uint8_t *data, const uint8_t *base_data, uint64_t len,
+                                      bool fresh, bool sparse)
+{
+    bool zero = is_zero(data, len);
+    bool same = base_data ? memcmp(data, base_data, len) == 0 : zero;
+    if (fresh && same)
+        return UNIT_SKIP;
+    return zero && sparse ? UNIT_ZERO : UNIT_DATA;
+}
+
 /* ---- convert: a reader thread fills chunks of the source while the main
  * thread writes earlier ones (and, with -c, worker threads compress). */
 
@@ -888,6 +903,9 @@ struct conv_chunk {
     bool end;               /* no more chunks; err says why */
     int err;
     uint8_t *buf, *bbuf;    /* source bytes, -B base bytes (NULL without -B) */
+    /* plain: what to do with the bytes, worked out by the reader */
+    struct conv_run { uint64_t off, len; enum unit_action act; } *runs;
+    unsigned nruns;
     /* -c: per cluster of the chunk; jobs are claimed and counted under the
      * pipe's lock */
     uint8_t *out;
@@ -905,6 +923,7 @@ struct conv_pipe {
     uint64_t cs;            /* -c: chunks of whole clusters of this size; 0: plain */
     uint64_t chunk_clusters;
     bool fresh;             /* the target reads as zeroes (or its backing) before we write */
+    uint64_t sparse;        /* plain: -S unit, 0 = off */
     struct block_dev *dst;
     int nworkers;
     pthread_t workers[MAX_COMPRESS_THREADS];
@@ -942,6 +961,29 @@ static void pipe_publish(struct conv_pipe *p)
     pthread_mutex_unlock(&p->lock);
 }
 
+/* Split a plain chunk into runs of -S units that need the same action
+ * (done by the reader, so the writer only writes). */
+static void classify_runs(const struct conv_pipe *p, struct conv_chunk *c)
+{
+    uint64_t unit = p->sparse ? p->sparse : c->len;
+    c->nruns = 0;
+    for (uint64_t pos = 0; pos < c->len;) {
+        enum unit_action act = UNIT_SKIP;
+        uint64_t run = 0;
+        while (pos + run < c->len) {
+            uint64_t q = pos + run, u = MIN(unit - ((c->doff + q) % unit), c->len - q);
+            enum unit_action a = unit_classify(c->buf + q, c->bbuf ? c->bbuf + q : NULL, u,
+                                               p->fresh, p->sparse != 0);
+            if (run && a != act)
+                break;
+            act = a;
+            run += u;
+        }
+        c->runs[c->nruns++] = (struct conv_run){ pos, run, act };
+        pos += run;
+    }
+}
+
 /* Plain convert: one run of equal allocation status, at most COPY_CHUNK. */
 static int read_plain_chunk(struct conv_pipe *p, struct source *s, uint64_t off,
                             struct conv_chunk *c)
@@ -965,9 +1007,11 @@ static int read_plain_chunk(struct conv_pipe *p, struct source *s, uint64_t off,
         }
         return 0;
     }
-    if ((ret = block_pread(s->bd, off, c->buf, pnum)) < 0)
+    if ((ret = block_pread(s->bd, off, c->buf, pnum)) < 0 ||
+        (p->base && (ret = read_base(p->base, doff, c->bbuf, pnum)) < 0))
         return ret;
-    return p->base ? read_base(p->base, doff, c->bbuf, pnum) : 0;
+    classify_runs(p, c);
+    return 0;
 }
 
 /* convert -c: COMPRESS_BATCH whole clusters of the concatenated sources. */
@@ -1054,7 +1098,7 @@ static void *conv_reader(void *opaque)
 }
 
 static int pipe_start(struct conv_pipe *p, struct source *src, int nsrc, uint64_t total,
-                      struct block_dev *base, uint64_t cs, bool fresh)
+                      struct block_dev *base, uint64_t cs, bool fresh, uint64_t sparse)
 {
     memset(p, 0, sizeof(*p));
     p->src = src;
@@ -1063,12 +1107,15 @@ static int pipe_start(struct conv_pipe *p, struct source *src, int nsrc, uint64_
     p->base = base;
     p->cs = cs;
     p->fresh = fresh;
+    p->sparse = sparse;
     p->chunk_clusters = cs ? MIN(COMPRESS_BATCH, MAX(COMPRESS_CHUNK / cs, 1)) : 0;
     uint64_t size = cs ? cs * p->chunk_clusters : COPY_CHUNK;
     for (int i = 0; i < PIPE_SLOTS; i++) {
         p->slot[i].buf = io_buf(size);
         p->slot[i].bbuf = base ? io_buf(size) : NULL;
         p->slot[i].out = cs ? io_buf(size) : NULL;
+        /* at most one run per -S unit (512 bytes at least) */
+        p->slot[i].runs = cs ? NULL : xcalloc(COPY_CHUNK / 512 + 1, sizeof(struct conv_run));
     }
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->cond, NULL);
@@ -1109,6 +1156,7 @@ static void pipe_finish(struct conv_pipe *p)
         free(p->slot[i].buf);
         free(p->slot[i].bbuf);
         free(p->slot[i].out);
+        free(p->slot[i].runs);
     }
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->cond);
@@ -1174,7 +1222,7 @@ static int convert_compressed(struct source *src, int nsrc, uint64_t total, stru
 {
     uint64_t cs = qcow2_cluster_size(dst);
     struct conv_pipe p;
-    int ret = pipe_start(&p, src, nsrc, total, base, cs, fresh);
+    int ret = pipe_start(&p, src, nsrc, total, base, cs, fresh, 0);
     if (ret < 0)
         return ret;
     p.dst = dst;
@@ -1204,48 +1252,18 @@ static int convert_compressed(struct source *src, int nsrc, uint64_t total, stru
     return ret;
 }
 
-enum unit_action { UNIT_SKIP, UNIT_ZERO, UNIT_DATA };
-
-/* What convert does with one -S unit of source data: skip it when a fresh
- * target already reads it back (zeroes, or the -B base's bytes), write it as
- * zeroes when it is zero and sparse output is on, else write the bytes. */
-static enum unit_action unit_classify(const uint8_t *data, const uint8_t *base_data, uint64_t len,
-                                      bool fresh, bool sparse)
-{
-    bool zero = is_zero(data, len);
-    bool same = base_data ? memcmp(data, base_data, len) == 0 : zero;
-    if (fresh && same)
-        return UNIT_SKIP;
-    return zero && sparse ? UNIT_ZERO : UNIT_DATA;
-}
-
 /* Write one chunk of a plain convert. */
-static int convert_write_chunk(const struct conv_chunk *c, struct block_dev *dst, bool fresh,
-                               uint64_t sparse)
+static int convert_write_chunk(const struct conv_chunk *c, struct block_dev *dst, bool fresh)
 {
     if (c->hole)
         return !fresh || !c->base_zero ? block_write_zeroes(dst, c->doff, c->len, false) : 0;
-    /* Write only what the target does not already read back, in runs of
-     * units that need the same action. */
-    uint64_t unit = sparse ? sparse : c->len;
     int err = 0;
-    for (uint64_t p = 0; p < c->len && !err;) {
-        enum unit_action act = UNIT_SKIP;
-        uint64_t run = 0;
-        while (p + run < c->len) {
-            uint64_t q = p + run, u = MIN(unit - ((c->doff + q) % unit), c->len - q);
-            enum unit_action a = unit_classify(c->buf + q, c->bbuf ? c->bbuf + q : NULL, u, fresh,
-                                               sparse != 0);
-            if (run && a != act)
-                break;
-            act = a;
-            run += u;
-        }
-        if (act == UNIT_ZERO)
-            err = block_write_zeroes(dst, c->doff + p, run, false);
-        else if (act == UNIT_DATA)
-            err = block_pwrite(dst, c->doff + p, c->buf + p, run);
-        p += run;
+    for (unsigned i = 0; i < c->nruns && !err; i++) {
+        const struct conv_run *r = &c->runs[i];
+        if (r->act == UNIT_ZERO)
+            err = block_write_zeroes(dst, c->doff + r->off, r->len, false);
+        else if (r->act == UNIT_DATA)
+            err = block_pwrite(dst, c->doff + r->off, c->buf + r->off, r->len);
     }
     return err;
 }
@@ -1254,7 +1272,7 @@ static int convert_plain(struct source *src, int nsrc, uint64_t total, struct bl
                          struct block_dev *base, bool fresh, uint64_t sparse, bool show)
 {
     struct conv_pipe p;
-    int err = pipe_start(&p, src, nsrc, total, base, 0, fresh);
+    int err = pipe_start(&p, src, nsrc, total, base, 0, fresh, sparse);
     if (err < 0)
         return err;
     for (uint64_t k = 0; !err; k++) {
@@ -1263,7 +1281,7 @@ static int convert_plain(struct source *src, int nsrc, uint64_t total, struct bl
             err = c->err;
             break;
         }
-        err = convert_write_chunk(c, dst, fresh, sparse);
+        err = convert_write_chunk(c, dst, fresh);
         progress(show, c->doff + c->len, total);
         pipe_release(&p);
     }
