@@ -94,7 +94,7 @@ static inline uint64_t rm_val(struct emu_cpu *cpu, const struct insn *in, unsign
 
 /* ---- ALU: add/or/and/sub/xor/cmp/test with flags as exec.c's alu() ------------ */
 
-enum { F_ADD, F_OR, F_AND, F_SUB, F_XOR, F_CMP, F_TEST };
+enum { F_ADD, F_OR, F_AND, F_SUB, F_XOR, F_CMP, F_TEST, F_ADC, F_SBB };
 
 static inline uint64_t fast_alu(struct emu_cpu *cpu, int op, unsigned size, uint64_t a,
                                 uint64_t b)
@@ -107,6 +107,20 @@ static inline uint64_t fast_alu(struct emu_cpu *cpu, int op, unsigned size, uint
         r = (a + b) & m;
         cpu_lazy(cpu, LF_ADD, size, r, a, b);
         return r;
+    case F_ADC: {
+        bool cf = cpu_get_cf(cpu);
+        r = (a + b + cf) & m;
+        cpu->lf_cf = cf;
+        cpu_lazy(cpu, LF_ADC, size, r, a, b);
+        return r;
+    }
+    case F_SBB: {
+        bool cf = cpu_get_cf(cpu);
+        r = (a - b - cf) & m;
+        cpu->lf_cf = cf;
+        cpu_lazy(cpu, LF_SBB, size, r, a, b);
+        return r;
+    }
     case F_OR:
         r = a | b;
         break;
@@ -200,6 +214,8 @@ ALU_HANDLERS(and, F_AND)
 ALU_HANDLERS(sub, F_SUB)
 ALU_HANDLERS(xor, F_XOR)
 ALU_HANDLERS(cmp, F_CMP)
+ALU_HANDLERS(adc, F_ADC)
+ALU_HANDLERS(sbb, F_SBB)
 
 static void f_test(struct emu_cpu *cpu, const struct insn *in)
 {
@@ -387,6 +403,25 @@ static void f_imul(struct emu_cpu *cpu, const struct insn *in)
     reg_put(cpu, in->reg, size, lo);
 }
 
+/* mul r/m (f7 /4): rdx:rax = rax * r/m; flags as exec.c's mul_flags(). */
+static void f_mul(struct emu_cpu *cpu, const struct insn *in)
+{
+    unsigned size = in->opsize;
+    uint64_t src = rm_val(cpu, in, size), lo, hi;
+    if (size == 8) {
+        unsigned __int128 r = (unsigned __int128)cpu->regs[R_AX] * src;
+        lo = (uint64_t)r;
+        hi = (uint64_t)(r >> 64);
+    } else {
+        uint64_t r = (cpu->regs[R_AX] & 0xffffffffu) * src;
+        lo = r & 0xffffffffu;
+        hi = r >> 32;
+    }
+    cpu->regs[R_AX] = lo;
+    cpu->regs[R_DX] = hi;
+    set_arith_flags(cpu, (hi ? (F_CF | F_OF) : 0) | fast_szp(lo, size));
+}
+
 static void f_cmov(struct emu_cpu *cpu, const struct insn *in) /* 0f 40-4f: loads either way */
 {
     uint64_t v = rm_val(cpu, in, in->opsize);
@@ -476,13 +511,13 @@ static fast_fn select_small(const struct insn *in)
 
 static fast_fn select_alu(const struct insn *in)
 {
-    static const fast_fn rm_reg[8] = {f_add_rm_reg, f_or_rm_reg, NULL, NULL,
+    static const fast_fn rm_reg[8] = {f_add_rm_reg, f_or_rm_reg, f_adc_rm_reg, f_sbb_rm_reg,
                                       f_and_rm_reg, f_sub_rm_reg, f_xor_rm_reg, f_cmp_rm_reg};
-    static const fast_fn reg_rm[8] = {f_add_reg_rm, f_or_reg_rm, NULL, NULL,
+    static const fast_fn reg_rm[8] = {f_add_reg_rm, f_or_reg_rm, f_adc_reg_rm, f_sbb_reg_rm,
                                       f_and_reg_rm, f_sub_reg_rm, f_xor_reg_rm, f_cmp_reg_rm};
-    static const fast_fn imm8[8] = {f_add_imm8, f_or_imm8, NULL, NULL,
+    static const fast_fn imm8[8] = {f_add_imm8, f_or_imm8, f_adc_imm8, f_sbb_imm8,
                                     f_and_imm8, f_sub_imm8, f_xor_imm8, f_cmp_imm8};
-    static const fast_fn imm[8] = {f_add_imm, f_or_imm, NULL, NULL,
+    static const fast_fn imm[8] = {f_add_imm, f_or_imm, f_adc_imm, f_sbb_imm,
                                    f_and_imm, f_sub_imm, f_xor_imm, f_cmp_imm};
     uint8_t op = in->op;
     if (op < 0x40 && (op & 7) == 1)
@@ -549,6 +584,8 @@ void cpu_fast_select(const struct emu_cpu *cpu, struct insn *in)
         in->fast = f_pop;
     else if (op == 0x63)
         in->fast = f_movsxd;
+    else if (op == 0xf7 && (in->reg & 7) == 4)
+        in->fast = f_mul;
     else if (in->mod == 3 && (op == 0xc1 || op == 0xd1 || op == 0xd3) &&
              ((in->reg & 7) == 4 || (in->reg & 7) == 5 || (in->reg & 7) == 7))
         in->fast = op == 0xc1 ? f_shift_imm : op == 0xd1 ? f_shift_1 : f_shift_cl;

@@ -105,6 +105,20 @@ bool cpu_cond(struct emu_cpu *cpu, unsigned cc)
         r = (cpu->lf_res & size_mask(cpu->lf_size)) == 0;
         return (cc & 1) ? !r : r;
     }
+    if (cpu->lf_op == LF_SUB && (cc >> 1) != 0 && (cc >> 1) != 5) {
+        /* After CMP/SUB the condition is a comparison of the operands. */
+        unsigned size = cpu->lf_size;
+        uint64_t m = size_mask(size), a = cpu->lf_a & m, b = cpu->lf_b & m;
+        int64_t sa = sext(a, size), sb = sext(b, size);
+        switch (cc >> 1) {
+        case 1: r = a < b; break;                       /* B */
+        case 3: r = a <= b; break;                      /* BE */
+        case 4: r = (cpu->lf_res >> (size * 8 - 1)) & 1; break; /* S */
+        case 6: r = sa < sb; break;                     /* L */
+        default: r = sa <= sb; break;                   /* LE */
+        }
+        return (cc & 1) ? !r : r;
+    }
     f = cpu->lf_op == LF_NONE ? cpu->rflags : flags_from_lazy(cpu);
     switch (cc >> 1) {
     case 0: r = f & F_OF; break;
