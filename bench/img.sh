@@ -27,11 +27,13 @@ sync
 
 t() { # t CMD...: "wall cpu" seconds of one run (after writing back what earlier runs left
        # dirty, with the command's existing files, its inputs, read into the page cache)
-    local a
+    local a s e
     sync
     for a in "$@"; do [ -f "$a" ] && [ "$a" != "$1" ] && cat "$a" >/dev/null; done
-    /usr/bin/time -f "%e %U %S" -o "$T/time" "$@" >/dev/null 2>&1
-    awk '{ printf "%s %.2f", $1, $2 + $3 }' "$T/time"
+    s=$(date +%s.%N)
+    /usr/bin/time -f "%U %S" -o "$T/time" "$@" >/dev/null 2>&1
+    e=$(date +%s.%N)
+    awk -v w="$(echo "$e - $s" | bc -l)" '{ printf "%.3f %.2f", w, $1 + $2 }' "$T/time"
 }
 row() { # row LABEL EMBER_CMD -- QEMU_CMD
     local label=$1; shift
@@ -50,7 +52,9 @@ row "convert qcow2 -> raw" "$E" convert -O raw q.qcow2 e.raw -- qemu-img convert
 row "convert -c (zlib)" "$E" convert -c -O qcow2 src.raw ec.qcow2 -- qemu-img convert -c -O qcow2 src.raw qc.qcow2
 row "convert -c (zstd)" "$E" convert -c -O qcow2 -o compression_type=zstd src.raw ez.qcow2 -- qemu-img convert -c -O qcow2 -o compression_type=zstd src.raw qz.qcow2
 row "convert compressed -> raw" "$E" convert -O raw qc.qcow2 e2.raw -- qemu-img convert -O raw qc.qcow2 q2.raw
+qemu-img convert -O qcow2 -o cluster_size=4k src.raw q4k.qcow2
 row "check" "$E" check q.qcow2 -- qemu-img check q.qcow2
+row "check (4 KiB clusters)" "$E" check q4k.qcow2 -- qemu-img check q4k.qcow2
 row "compare" "$E" compare src.raw q.qcow2 -- qemu-img compare src.raw q.qcow2
 row "map --output=json" "$E" map --output=json q.qcow2 -- qemu-img map --output=json q.qcow2
 ok=true
@@ -59,5 +63,5 @@ for img in e.qcow2 ec.qcow2 ez.qcow2; do
 done
 cmp -s src.raw e.raw && cmp -s src.raw e2.raw || { echo "BAD: raw outputs differ"; ok=false; }
 $ok && echo "results verified (qemu-img check and compare of every ember output, cmp of raw outputs)"
-ls -s --block-size=M e.qcow2 q.qcow2 ec.qcow2 qc.qcow2 ez.qcow2 qz.qcow2 | sed 's/^/size: /'
+ls -s --block-size=M e.qcow2 q.qcow2 ec.qcow2 qc.qcow2 ez.qcow2 qz.qcow2 q4k.qcow2 | sed 's/^/size: /'
 
