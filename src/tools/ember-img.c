@@ -1203,14 +1203,19 @@ static void *compress_worker(void *opaque)
 static int compress_store(struct block_dev *dst, const struct conv_chunk *c, uint64_t cs)
 {
     int ret = 0;
-    for (int i = 0; i < c->njobs && ret == 0; i++) {
-        uint64_t o = (uint64_t)i * cs, len = MIN(cs, c->len - o);
+    for (int i = 0, j; i < c->njobs && ret == 0; i = j) {
+        uint64_t o = (uint64_t)i * cs;
+        j = i + 1;
         if (c->skip[i])
             continue;
-        if (c->cret[i] == 0)
+        if (c->cret[i] == 0) {
             ret = qcow2_write_precompressed(dst, c->doff + o, c->out + o, c->clen[i]);
-        else
-            ret = block_pwrite(dst, c->doff + o, c->buf + o, len);
+            continue;
+        }
+        /* Clusters that did not compress, one after another: one write. */
+        while (j < c->njobs && !c->skip[j] && c->cret[j] != 0)
+            j++;
+        ret = block_pwrite(dst, c->doff + o, c->buf + o, MIN((uint64_t)(j - i) * cs, c->len - o));
     }
     return ret;
 }
