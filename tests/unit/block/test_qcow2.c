@@ -1,8 +1,10 @@
 /* Unit tests for qcow2: header validation, and a randomized model check of
  * the read/write/zero/discard paths (against a flat shadow copy) across
  * cluster sizes, refcount widths, extended L2, v2/v3, backing files, small
- * L2 caches and compressed clusters. When qemu-img is installed, every
- * image written here must also pass `qemu-img check`. */
+ * L2 caches and compressed clusters; a crash test that kills a writer with
+ * SIGKILL many times and checks every flushed sector (KILL_ROUNDS=N for
+ * more rounds). When qemu-img is installed, every image written here must
+ * also pass `qemu-img check`. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
