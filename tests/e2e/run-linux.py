@@ -114,6 +114,7 @@ class Guest:
         self.argv = argv
         self.serial_file = serial_file
         self.out = ""
+        self.arrivals = []  # (offset just past a chunk, host time it arrived)
         self.lock = threading.Condition()
         self.started = time.monotonic()
         log("# " + " ".join(argv))
@@ -131,6 +132,7 @@ class Guest:
             text = chunk.decode("utf-8", "replace")
             with self.lock:
                 self.out += text
+                self.arrivals.append((len(self.out), time.monotonic()))
                 self.lock.notify_all()
         with self.lock:
             self.lock.notify_all()
@@ -170,6 +172,14 @@ class Guest:
             else:
                 with self.lock:
                     self.lock.wait(0.5)
+
+    def arrival_time(self, offset):
+        """Host time at which stdout byte `offset` arrived."""
+        with self.lock:
+            for end, t in self.arrivals:
+                if offset < end:
+                    return t
+        raise Fail(f"no output at offset {offset}")
 
     def stdout(self):
         with self.lock:
@@ -267,25 +277,24 @@ class Run:
         if not a or not b:
             raise Fail("clock lines missing")
         guest_dt = float(b.group(1)) - float(a.group(1))
-        log(f"# guest uptime advanced {guest_dt:.2f} s across 'sleep 2'")
-        # sleep 2 must take at least 2 s of guest time and not wildly more:
-        # a guest clock running at the wrong rate (TSC/APIC timer
-        # calibration) shows up as a large error here.
-        if not 1.9 <= guest_dt <= 6.0:
-            raise Fail(f"guest clock: sleep 2 took {guest_dt:.2f} s of guest uptime")
-        if "EMBER-CLOCK" in text:
-            self.check_clock_against_host(g)
-
-    def check_clock_against_host(self, g):
-        # The serial log has no host timestamps; re-derive from the guest's
-        # own uptime against the host's wall time for the whole run: guest
-        # uptime at the end cannot exceed the host time the process ran.
-        text = g.serial()
-        b = float(re.search(r"EMBER-CLOCK-B ([\d.]+)", text).group(1))
+        host_dt = g.arrival_time(b.start()) - g.arrival_time(a.start())
+        log(f"# across 'sleep 2': guest uptime advanced {guest_dt:.2f} s, "
+            f"host time between the two lines {host_dt:.2f} s")
+        # A clock check, not a speed check: the guest's clock must advance
+        # at the host's rate. A wrong TSC/APIC timer rate shows up as guest
+        # and host intervals that disagree; the tolerance absorbs the time
+        # a loaded host takes to deliver each line.
+        if guest_dt < 1.9:
+            raise Fail(f"guest clock: sleep 2 took only {guest_dt:.2f} s of guest uptime")
+        if abs(host_dt - guest_dt) > 1.0 + 0.25 * guest_dt:
+            raise Fail(f"guest and host clocks disagree: {guest_dt:.2f} s vs {host_dt:.2f} s")
+        # The guest's uptime cannot run ahead of the host's clock: the whole
+        # process ran for at least as long as the guest has been up.
+        uptime = float(b.group(1))
         host = g.elapsed()
-        log(f"# guest uptime {b:.2f} s at the second clock line, host run {host:.2f} s")
-        if b > host + 1.0:
-            raise Fail(f"guest clock runs fast: {b:.2f} s of uptime within {host:.2f} s of host time")
+        log(f"# guest uptime {uptime:.2f} s at the second clock line, host run {host:.2f} s")
+        if uptime > host + 1.0:
+            raise Fail(f"guest clock runs fast: {uptime:.2f} s of uptime within {host:.2f} s of host time")
 
     # -- blk --
     def make_ext4(self, path, size_mb=64):
