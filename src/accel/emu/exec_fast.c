@@ -436,6 +436,17 @@ static void f_movsxd(struct emu_cpu *cpu, const struct insn *in) /* 63 in 64-bit
     reg_put(cpu, in->reg, in->opsize, (uint64_t)(int64_t)(int32_t)rm_val(cpu, in, 4));
 }
 
+/* inc/dec of a register (ff /0, /1): CF is kept, as exec.c's incdec_fn(). */
+static void f_incdec(struct emu_cpu *cpu, const struct insn *in)
+{
+    unsigned size = in->opsize;
+    bool dec = in->reg & 1;
+    uint64_t a = reg_val(cpu, in->rm, size), r = (a + (dec ? -1ull : 1ull)) & mask_of(size);
+    cpu->lf_cf = cpu_get_cf(cpu);
+    cpu_lazy(cpu, dec ? LF_DEC : LF_INC, size, r, a, 1);
+    reg_put(cpu, in->rm, size, r);
+}
+
 static void f_nop(struct emu_cpu *cpu, const struct insn *in) /* 0f 1f: hint nop */
 {
 }
@@ -586,6 +597,8 @@ void cpu_fast_select(const struct emu_cpu *cpu, struct insn *in)
         in->fast = f_movsxd;
     else if (op == 0xf7 && (in->reg & 7) == 4)
         in->fast = f_mul;
+    else if (op == 0xff && in->mod == 3 && (in->reg & 7) <= 1)
+        in->fast = f_incdec;
     else if (in->mod == 3 && (op == 0xc1 || op == 0xd1 || op == 0xd3) &&
              ((in->reg & 7) == 4 || (in->reg & 7) == 5 || (in->reg & 7) == 7))
         in->fast = op == 0xc1 ? f_shift_imm : op == 0xd1 ? f_shift_1 : f_shift_cl;

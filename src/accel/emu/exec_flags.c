@@ -91,6 +91,14 @@ bool cpu_get_cf(struct emu_cpu *cpu)
         return cpu->lf_cf;
     case LF_NONE:
         return cpu->rflags & F_CF;
+    case LF_ADD: {
+        uint64_t m = size_mask(cpu->lf_size);
+        return (cpu->lf_res & m) < (cpu->lf_a & m);
+    }
+    case LF_SUB: {
+        uint64_t m = size_mask(cpu->lf_size);
+        return (cpu->lf_a & m) < (cpu->lf_b & m);
+    }
     default:
         return flags_from_lazy(cpu) & F_CF;
     }
