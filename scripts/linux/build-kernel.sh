@@ -39,11 +39,15 @@ echo "build-kernel: extracting $tarball into $work" >&2
 tar -xJf "$tarball" -C "$work" --strip-components=1
 
 cd "$work"
-{
-  make -s ARCH=x86_64 tinyconfig
-  ./scripts/kconfig/merge_config.sh -m .config "$fragment"
-  make -s ARCH=x86_64 olddefconfig
-} >&2
+# merge_config reports every option the fragment overrides: keep that in a
+# log, shown only when configuring fails.
+if ! { make -s ARCH=x86_64 tinyconfig &&
+       ./scripts/kconfig/merge_config.sh -m .config "$fragment" &&
+       make -s ARCH=x86_64 olddefconfig; } >config.log 2>&1; then
+  cat config.log >&2
+  echo "build-kernel: configuring failed" >&2
+  exit 1
+fi
 # Every line of the fragment must have survived olddefconfig; a dropped
 # option means a missing dependency, which would surface much later as a
 # guest that fails to find its disk or console.
