@@ -240,7 +240,7 @@ int boot_load_pvh(const struct boot_config *bc, const struct boot_image *kernel,
                   const struct guest_mem *mem, struct cpu_state *bsp)
 {
     uint64_t low_end = e820_low_ram_end(bc->ram_size);
-    struct pvh_elf elf;
+    struct pvh_elf elf = {0}; /* zeroed: -O3 cannot see that a failed parse returns */
     uint64_t entry = 0, kernel_end = 0, initrd_addr = 0, initrd_size = 0;
     int ret = pvh_parse_ehdr(kernel, &elf);
     if (ret < 0)

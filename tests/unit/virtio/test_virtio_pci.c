@@ -58,7 +58,7 @@ static void test_identity_and_caps(void **state)
     assert_int_equal(d->bars[VIRTIO_PCI_BAR].kind, PCI_BAR_MEM64);
     uint64_t bar_size = d->bars[VIRTIO_PCI_BAR].size;
 
-    struct vcap c;
+    struct vcap c = {0};
     assert_true(find_vcap(d, VIRTIO_PCI_CAP_COMMON_CFG, &c));
     assert_int_equal(c.bar, VIRTIO_PCI_BAR);
     assert_int_equal(c.len, 16);
@@ -102,7 +102,7 @@ static void test_device_cfg_cap_console(void **state)
     struct chardev chr = {0};
     vt_init(&t);
     vt_attach(&t, virtio_console_new(&t.env, &chr));
-    struct vcap c;
+    struct vcap c = {0};
     assert_int_equal(t.pdev->id.device, 0x1043);
     assert_true(find_vcap(t.pdev, VIRTIO_PCI_CAP_DEVICE_CFG, &c));
     assert_int_equal(c.bar, VIRTIO_PCI_BAR);
@@ -333,7 +333,7 @@ static void test_pci_cfg_window(void **state)
 {
     struct vtest t;
     rng_setup(&t);
-    struct vcap c;
+    struct vcap c = {0};
     assert_true(find_vcap(t.pdev, VIRTIO_PCI_CAP_PCI_CFG, &c));
     /* Write the status register through the window... */
     fake_pci_config_write(t.pdev, c.off + 4, VIRTIO_PCI_BAR, 1);
