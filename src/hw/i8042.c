@@ -280,12 +280,34 @@ static bool controller_data(struct i8042 *k, uint8_t val)
     return false;
 }
 
+/* Reading the output buffer empties it, so its IRQ line drops; the next
+ * queued byte then raises the line again. ISA IRQs 1 and 12 are
+ * edge-triggered (8259 and IOAPIC alike): a line that simply stayed high
+ * would deliver no interrupt for the second and later bytes of a multi-byte
+ * reply (identify, reset), and Linux's atkbd/psmouse would time out waiting
+ * for them, fail the probe, and re-probe on every stale byte it reads
+ * later, forever (seconds of idle guest time, and a stall at shutdown). */
+static void lower_irqs(struct i8042 *k)
+{
+    if (k->kbd_level) {
+        k->kbd_level = false;
+        irq_set_level(k->irq, LAYOUT_I8042_KBD_GSI, false);
+    }
+    if (k->aux_level) {
+        k->aux_level = false;
+        irq_set_level(k->irq, LAYOUT_I8042_AUX_GSI, false);
+    }
+}
+
 /* Ports 0x60 and 0x64 are separate one-byte ranges (0x61 sits between). */
 static uint64_t i8042_data_read(void *opaque, uint64_t offset, unsigned size)
 {
     struct i8042 *k = opaque;
     pthread_mutex_lock(&k->lock);
+    bool had_byte = k->q_count != 0;
     uint8_t val = read_data(k);
+    if (had_byte)
+        lower_irqs(k);
     update_irqs(k);
     pthread_mutex_unlock(&k->lock);
     return val;

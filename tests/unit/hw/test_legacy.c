@@ -66,10 +66,19 @@ static void test_i8042(void **state)
     assert_true(irq.level[1]);
     assert_int_equal(kbc_read_data(pio), 0xfa);
     assert_int_equal(kbc_read_data(pio), 0xaa);
+    /* Every byte of a multi-byte reply gets its own rising edge: IRQ 1 is
+     * edge-triggered, so a line that stays high delivers only the first. */
+    unsigned edges_before = irq.changes[1];
     io_out(pio, 0x60, 0xf2, 1);
+    assert_true(irq.level[1]);
     assert_int_equal(kbc_read_data(pio), 0xfa);
+    assert_true(irq.level[1]);
     assert_int_equal(kbc_read_data(pio), 0xab);
+    assert_true(irq.level[1]);
     assert_int_equal(kbc_read_data(pio), 0x41); /* translated */
+    assert_false(irq.level[1]);
+    /* Rise, then fall+rise after each of the first two reads, then fall. */
+    assert_int_equal(irq.changes[1] - edges_before, 6);
     io_out(pio, 0x60, 0xed, 1);
     io_out(pio, 0x60, 0x07, 1);
     assert_int_equal(kbc_read_data(pio), 0xfa);
