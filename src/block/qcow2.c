@@ -2832,23 +2832,35 @@ static uint8_t *snapshot_table_without(struct qcow2 *q, const uint8_t *tbl, uint
     return out;
 }
 
-int qcow2_snapshot_delete(struct block_dev *bd, const char *name)
+/* The snapshot table of a writable qcow2 image and the index of the snapshot
+ * called name in it (the caller frees the table), or a negative errno. */
+static int snapshot_open_named(struct block_dev *bd, const char *name,
+                               struct qcow2_snapshot **sn, uint32_t *n)
 {
-    struct qcow2 *q = Q(bd);
     if (bd->drv != &block_driver_qcow2)
         return -EINVAL;
     if (bd->readonly)
         return -EROFS;
-    struct qcow2_snapshot *sn;
-    uint32_t n;
-    int ret = qcow2_snapshots_read(bd, &sn, &n);
+    int ret = qcow2_snapshots_read(bd, sn, n);
     if (ret < 0)
         return ret;
-    int idx = snapshot_find(sn, n, name);
+    int idx = snapshot_find(*sn, *n, name);
     if (idx < 0) {
-        qcow2_snapshots_free(sn, n);
+        qcow2_snapshots_free(*sn, *n);
         return log_fail(-ENOENT, "%s: no snapshot named '%s'", bd->what, name);
     }
+    return idx;
+}
+
+int qcow2_snapshot_delete(struct block_dev *bd, const char *name)
+{
+    struct qcow2 *q = Q(bd);
+    struct qcow2_snapshot *sn;
+    uint32_t n;
+    int idx = snapshot_open_named(bd, name, &sn, &n);
+    if (idx < 0)
+        return idx;
+    int ret = 0;
     struct qcow2_snapshot s = sn[idx];
     pthread_mutex_lock(&q->lock);
     uint64_t *l1 = NULL, len = 0, nlen = 0;
@@ -2877,20 +2889,12 @@ out:
 int qcow2_snapshot_apply(struct block_dev *bd, const char *name)
 {
     struct qcow2 *q = Q(bd);
-    if (bd->drv != &block_driver_qcow2)
-        return -EINVAL;
-    if (bd->readonly)
-        return -EROFS;
     struct qcow2_snapshot *sn;
     uint32_t n;
-    int ret = qcow2_snapshots_read(bd, &sn, &n);
-    if (ret < 0)
-        return ret;
-    int idx = snapshot_find(sn, n, name);
-    if (idx < 0) {
-        qcow2_snapshots_free(sn, n);
-        return log_fail(-ENOENT, "%s: no snapshot named '%s'", bd->what, name);
-    }
+    int idx = snapshot_open_named(bd, name, &sn, &n);
+    if (idx < 0)
+        return idx;
+    int ret = 0;
     struct qcow2_snapshot s = sn[idx];
     pthread_mutex_lock(&q->lock);
     uint64_t *l1 = NULL, *old = NULL;
