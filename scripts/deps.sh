@@ -11,10 +11,9 @@ packages=(
   libcmocka-dev cpio busybox-static e2fsprogs
   # test oracles and benchmark peers
   qemu-system-x86 qemu-utils
-  linux-image-amd64  # stock kernel booted by bench/tcg.sh and the Linux e2e tests
   acpica-tools  # iasl: disassembles the DSDT in tests/unit/machine/test_acpi
   # Linux guests (tests/e2e, scripts/demo.sh, bench/linux-boot.sh): Debian's
-  # stock kernel, and the source and tools to build the small guest kernel
+  # stock kernel (also bench/tcg.sh), and the source and tools to build the small guest kernel
   linux-image-amd64 linux-source-6.1 bc flex bison libelf-dev libssl-dev
   xz-utils lz4 python3
 )
